@@ -1,0 +1,65 @@
+"""Command line: ``python -m app serve [--config F] [--host H] [--port P] [--data-dir D] [--model M]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from app.config import Config, ConfigError, load_config
+
+log = logging.getLogger("altyazi")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="altyazi subtitle server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", type=Path, default=None, help="TOML config file (default: config.toml of the checkout)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--data-dir", default=None)
+    serve.add_argument("--model", default=None, help="base, tiny.en, a faster-whisper name or a CTranslate2 folder")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(
+        args.config,
+        overrides={
+            "server.host": args.host,
+            "server.port": args.port,
+            "storage.data_dir": args.data_dir,
+            "model.name": args.model,
+        },
+    )
+
+
+def serve(cfg: Config) -> int:
+    from app.logs import setup_logging
+    from app.models import ModelError
+    from app.runner import run_server
+
+    setup_logging(cfg.server.log_level, cfg.server.log_format)
+    try:
+        return run_server(cfg)
+    except ModelError as exc:
+        print(f"altyazi: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"altyazi: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(cfg)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

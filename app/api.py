@@ -1,0 +1,349 @@
+"""HTTP routes of the v1 job API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.errors import ApiError, not_found
+from app.events import FINAL_EVENTS, Shutdown, format_sse, format_sse_unnumbered
+from app.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
+from app.jobs import segment_from_dict
+from app.media import MediaError, check_media
+from app.options import JobOptions
+from app.state import AppState, owner_of
+from app.uploads import receive_upload
+from storage.files import atomic_write_json, free_bytes, safe_filename
+from storage.store import FINAL_STATUSES, JobRecord
+
+MAX_TRANSCRIPT_BODY = 32 * 1024 * 1024
+SSE_RETRY_MS = 3000
+
+
+def new_id() -> str:
+    # 128 random bits, URL-safe: ids cannot be guessed or enumerated.
+    return secrets.token_urlsafe(16)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def state_of(request: Request) -> AppState:
+    return request.app.state.altyazi  # type: ignore[no-any-return]
+
+
+async def job_json(state: AppState, job: JobRecord, *, request: Request | None = None) -> dict[str, Any]:
+    exports = await state.store.list_exports(job.id)
+    return {
+        "id": job.id,
+        "status": job.status,
+        "stage": job.stage,
+        "progress": round(job.progress, 4),
+        "queue_position": state.manager.queue_position(job.id) if job.status == "queued" else None,
+        "filename": job.filename,
+        "duration_s": job.duration_s,
+        "language": job.language,
+        "options": job.options,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "exports": [state.export_json(e) for e in exports],
+        "links": {
+            "self": f"/v1/jobs/{job.id}",
+            "events": f"/v1/jobs/{job.id}/events",
+            "transcript": f"/v1/jobs/{job.id}/transcript",
+        },
+    }
+
+
+async def load_job(request: Request) -> JobRecord:
+    state = state_of(request)
+    job = await state.store.get_job(request.path_params["job_id"], owner=owner_of(request))
+    if job is None:
+        raise not_found("job")
+    return job
+
+
+# ---- POST /v1/jobs -----------------------------------------------------------
+
+
+async def create_job(request: Request) -> Response:
+    state = state_of(request)
+    owner = owner_of(request)
+    state.check_accepting()
+    query = dict(request.query_params)
+    JobOptions.parse(query)  # fail fast on bad query options, before reading the body
+    await state.check_capacity(owner)
+    declared = int(request.headers.get("content-length", "0") or 0) if request.headers.get("content-length", "").isdigit() else 0
+    state.check_disk(declared)
+
+    job_id = new_id()
+    job_dir = state.files.create(job_id)
+    committed = False
+    state.uploads_in_flight += 1
+    try:
+        upload = await receive_upload(
+            request,
+            job_dir / "upload.partial",
+            max_bytes=int(state.cfg.storage.max_upload_mb * 1024 * 1024),
+            query_filename=query.get("filename"),
+        )
+        raw_options = {k: v for k, v in query.items() if k != "filename"}
+        raw_options.update(upload.fields)
+        options = JobOptions.parse(raw_options)
+        state.check_model_supports(options)
+        if upload.size == 0:
+            raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
+        filename = safe_filename(upload.filename or "upload")
+        source = state.files.input_path(job_id, Path(filename).suffix)
+        upload.path.replace(source)
+        try:
+            info = await state.pool.probe(source)
+            check_media(info, max_duration_s=state.cfg.storage.max_duration_s)
+        except MediaError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        now = time.time()
+        job = JobRecord(
+            id=job_id,
+            owner=owner,
+            status="queued",
+            stage="queued",
+            progress=0.0,
+            filename=filename,
+            options=options.to_dict(),
+            created_at=now,
+            updated_at=now,
+            duration_s=info.duration_s,
+            media=info_dict(info),
+        )
+        await state.store.create_job(job)
+        committed = True
+        await state.hub.publish(job_id, "status", {"status": "queued", "stage": "queued"})
+        state.manager.spawn(job)
+    finally:
+        state.uploads_in_flight -= 1
+        if not committed:
+            await anyio.to_thread.run_sync(state.files.remove, job_id)
+    body = await job_json(state, job)
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def info_dict(info: Any) -> dict[str, Any]:
+    return {k: getattr(info, k) for k in info.__dataclass_fields__}
+
+
+# ---- GET /v1/jobs, GET/DELETE /v1/jobs/{id} ------------------------------------
+
+
+async def list_jobs(request: Request) -> Response:
+    state = state_of(request)
+    try:
+        limit = int(request.query_params.get("limit", "50"))
+    except ValueError:
+        raise ApiError(422, "invalid_parameter", "limit must be an integer from 1 to 200.", extra={"field": "limit"}) from None
+    if not 1 <= limit <= 200:
+        raise ApiError(422, "invalid_parameter", "limit must be an integer from 1 to 200.", extra={"field": "limit"})
+    cursor = request.query_params.get("cursor") or None
+    jobs = await state.store.list_jobs(owner_of(request), limit=limit + 1, before=cursor)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JSONResponse(
+        {
+            "jobs": [await job_json(state, j) for j in jobs],
+            "next_cursor": jobs[-1].id if more and jobs else None,
+        }
+    )
+
+
+async def get_job(request: Request) -> Response:
+    job = await load_job(request)
+    return JSONResponse(await job_json(state_of(request), job))
+
+
+async def delete_job(request: Request) -> Response:
+    state = state_of(request)
+    job = await load_job(request)
+    await state.delete_job(job)
+    return Response(status_code=204)
+
+
+# ---- GET /v1/jobs/{id}/events ------------------------------------------------------
+
+
+async def job_events(request: Request) -> Response:
+    state = state_of(request)
+    job = await load_job(request)
+    raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    try:
+        after = max(0, int(raw_last))
+    except ValueError:
+        after = 0
+    heartbeat = state.cfg.server.sse_heartbeat_s
+    finished = job.status in FINAL_STATUSES and after >= await state.store.last_event_seq(job.id)
+
+    async def body() -> AsyncIterator[str]:
+        yield f"retry: {SSE_RETRY_MS}\n\n"
+        if finished:
+            return
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in state.hub.stream(job.id, after):
+                    queue.put_nowait(item)
+            finally:
+                queue.put_nowait(None)
+
+        # The pump owns the subscription; this generator only formats. A
+        # heartbeat is a timeout on the local queue, which is safe to cancel.
+        pump_task = asyncio.create_task(pump(), name=f"sse-{job.id}")
+        state.sse_streams += 1
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=heartbeat)
+                except asyncio.TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, Shutdown):
+                    current = await state.store.get_job(job.id)
+                    yield format_sse_unnumbered(
+                        "status",
+                        {
+                            "status": current.status if current else job.status,
+                            "stage": current.stage if current else job.stage,
+                            "reconnect": True,
+                            "reason": "The server is restarting; reconnect with Last-Event-ID to resume.",
+                        },
+                    )
+                    return
+                yield format_sse(item)
+                if item.type in FINAL_EVENTS:
+                    return
+        finally:
+            state.sse_streams -= 1
+            pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump_task
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# ---- transcripts -------------------------------------------------------------------
+
+
+RENDERERS = {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}
+
+
+async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict[str, Any]:
+    if job.status != "done":
+        raise ApiError(
+            409,
+            "not_ready",
+            f"The transcript is not ready: the job is {job.status}." + (" Follow /events to know when it is done." if job.status in ("queued", "running") else ""),
+        )
+    edited = state.files.edited_path(job.id)
+    path = state.files.transcript_path(job.id)
+    if version == "edited" and not edited.exists():
+        raise ApiError(404, "no_edited_transcript", "This transcript has not been edited; ask for version=original.")
+    if version in ("latest", "edited") and edited.exists():
+        path = edited
+    with state.files.pin(job.id):
+        text = await anyio.to_thread.run_sync(path.read_text, "utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+async def get_transcript(request: Request) -> Response:
+    state = state_of(request)
+    job = await load_job(request)
+    fmt = request.query_params.get("format", "json").lower()
+    if fmt not in FORMATS:
+        raise ApiError(422, "invalid_parameter", "format must be one of json, srt, vtt, txt.", extra={"field": "format"})
+    version = request.query_params.get("version", "latest").lower()
+    if version not in ("latest", "edited", "original"):
+        raise ApiError(422, "invalid_parameter", "version must be latest, edited or original.", extra={"field": "version"})
+    data = await read_transcript(state, job, version)
+    segments = [segment_from_dict(s) for s in data.get("segments", [])]
+    media_type = FORMATS[fmt][0]
+    if fmt == "json":
+        body = to_json(segments, language=data.get("language"), duration_s=data.get("duration_s"))
+    else:
+        body = RENDERERS[fmt](segments)
+    stem = Path(job.filename).stem or "transcript"
+    name = f"{stem}.{fmt}"
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f"inline; filename=\"{ascii_name(name)}\"; filename*=UTF-8''{quote(name)}"},
+    )
+
+
+def ascii_name(name: str) -> str:
+    cleaned = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return cleaned or "download"
+
+
+async def put_transcript(request: Request) -> Response:
+    state = state_of(request)
+    job = await load_job(request)
+    if job.status != "done":
+        raise ApiError(409, "not_ready", f"The transcript can be edited once the job is done; it is {job.status}.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_TRANSCRIPT_BODY:
+            raise ApiError(413, "body_too_large", "The edited transcript is larger than 32 MB.")
+    try:
+        raw = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "The body is not UTF-8.") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+    try:
+        segments = validate_segments(raw, duration_s=job.duration_s)
+    except SegmentError as exc:
+        extra: dict[str, object] = {}
+        if exc.index is not None:
+            extra["index"] = exc.index
+        if exc.field is not None:
+            extra["field"] = exc.field
+        raise ApiError(422, "invalid_segment", exc.message, extra=extra) from None
+    language = raw.get("language") if isinstance(raw, dict) and isinstance(raw.get("language"), str) else job.language
+    transcript = transcript_to_dict(segments, language=language, duration_s=job.duration_s)
+    transcript["edited_at"] = iso(time.time())
+    await anyio.to_thread.run_sync(atomic_write_json, state.files.edited_path(job.id), transcript)
+    return JSONResponse(transcript)
+
+
+routes = [
+    Route("/v1/jobs", create_job, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", delete_job, methods=["DELETE"]),
+    Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/transcript", get_transcript, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/transcript", put_transcript, methods=["PUT"]),
+]

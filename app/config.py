@@ -1,0 +1,201 @@
+"""Configuration: config.toml, then ALTYAZI_<SECTION>_<KEY> variables, then CLI flags.
+
+One flat, typed object per section, validated once at start. A bad value
+stops the server with a single line that names the key and quotes the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "ALTYAZI_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; str() is one line naming the key."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    shutdown_timeout_s: float = 20.0
+    sse_heartbeat_s: float = 15.0
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "base"
+    device: str = "auto"
+    compute_type: str = "default"
+    cpu_threads: int = 0
+
+
+@dataclass
+class BatchingConfig:
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    prepare_threads: int = 2
+
+
+@dataclass
+class FfmpegConfig:
+    path: str = "ffmpeg"
+    ffprobe_path: str = "ffprobe"
+    max_processes: int = 2
+    timeout_s: float = 3600.0
+    threads: int = 0
+    crf: int = 23
+    preset: str = "veryfast"
+
+
+@dataclass
+class StorageConfig:
+    data_dir: Path = Path("./data")
+    max_upload_mb: float = 2048.0
+    max_duration_s: float = 14400.0
+    retention_hours: float = 168.0
+    min_free_mb: float = 1024.0
+
+
+@dataclass
+class LimitsConfig:
+    max_queued_jobs: int = 1000
+    max_running_jobs: int = 64
+    max_active_jobs_per_key: int = 4
+    max_queued_jobs_per_key: int = 100
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    ffmpeg: FfmpegConfig = field(default_factory=FfmpegConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def validate(self) -> Config:
+        s, m, b, f, st, lim = self.server, self.model, self.batching, self.ffmpeg, self.storage, self.limits
+        _check(0 < s.port < 65536, "server.port", s.port, "a port number from 1 to 65535")
+        _check(s.shutdown_timeout_s >= 0, "server.shutdown_timeout_s", s.shutdown_timeout_s, ">= 0")
+        _check(s.sse_heartbeat_s > 0, "server.sse_heartbeat_s", s.sse_heartbeat_s, "> 0")
+        _check(s.log_level in {"debug", "info", "warning", "error"}, "server.log_level", s.log_level, "debug, info, warning or error")
+        _check(s.log_format in {"text", "json"}, "server.log_format", s.log_format, "text or json")
+        _check(bool(m.name.strip()), "model.name", m.name, "a model name or folder")
+        _check(m.device in {"auto", "cpu", "cuda"}, "model.device", m.device, "auto, cpu or cuda")
+        _check(m.cpu_threads >= 0, "model.cpu_threads", m.cpu_threads, ">= 0")
+        _check(1 <= b.max_batch_size <= 256, "batching.max_batch_size", b.max_batch_size, "from 1 to 256")
+        _check(0 <= b.max_wait_ms <= 10_000, "batching.max_wait_ms", b.max_wait_ms, "from 0 to 10000")
+        _check(1 <= b.prepare_threads <= 64, "batching.prepare_threads", b.prepare_threads, "from 1 to 64")
+        _check(1 <= f.max_processes <= 256, "ffmpeg.max_processes", f.max_processes, "from 1 to 256")
+        _check(f.timeout_s > 0, "ffmpeg.timeout_s", f.timeout_s, "> 0")
+        _check(f.threads >= 0, "ffmpeg.threads", f.threads, ">= 0")
+        _check(0 <= f.crf <= 51, "ffmpeg.crf", f.crf, "from 0 to 51")
+        _check(st.max_upload_mb > 0, "storage.max_upload_mb", st.max_upload_mb, "> 0")
+        _check(st.max_duration_s > 0, "storage.max_duration_s", st.max_duration_s, "> 0")
+        _check(st.retention_hours >= 0, "storage.retention_hours", st.retention_hours, ">= 0 (0 keeps jobs forever)")
+        _check(st.min_free_mb >= 0, "storage.min_free_mb", st.min_free_mb, ">= 0")
+        _check(lim.max_queued_jobs >= 1, "limits.max_queued_jobs", lim.max_queued_jobs, ">= 1")
+        _check(1 <= lim.max_running_jobs <= 10_000, "limits.max_running_jobs", lim.max_running_jobs, "from 1 to 10000")
+        _check(lim.max_active_jobs_per_key >= 1, "limits.max_active_jobs_per_key", lim.max_active_jobs_per_key, ">= 1")
+        _check(lim.max_queued_jobs_per_key >= 1, "limits.max_queued_jobs_per_key", lim.max_queued_jobs_per_key, ">= 1")
+        return self
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config {key} = {value!r} is invalid: expected {expected}")
+
+
+def _coerce(key: str, raw: Any, kind: Any) -> Any:
+    """Convert a TOML or environment value to the field's type, or fail naming the key."""
+    try:
+        if kind in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if kind in (float, "float"):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if kind in (Path, "Path"):
+            return Path(str(raw)).expanduser()
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ValueError
+        return str(raw)
+    except (TypeError, ValueError):
+        name = kind if isinstance(kind, str) else kind.__name__
+        raise ConfigError(f"config {key} = {raw!r} is invalid: expected a {name}") from None
+
+
+def _apply(cfg: Config, section: str, key: str, raw: Any, origin: str) -> None:
+    sect = getattr(cfg, section, None)
+    if sect is None or not dataclasses.is_dataclass(sect):
+        raise ConfigError(f"{origin}: unknown config section [{section}]")
+    types = {f.name: f.type for f in fields(sect)}
+    if key not in types:
+        raise ConfigError(f"{origin}: unknown config key {section}.{key}")
+    setattr(sect, key, _coerce(f"{section}.{key}", raw, types[key]))
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config: file (default config.toml), then environment, then overrides.
+
+    ``overrides`` maps "section.key" to values (the CLI flags); None values are ignored.
+    """
+    cfg = Config()
+    file_path = path if path is not None else DEFAULT_CONFIG_PATH
+    if path is not None or file_path.exists():
+        try:
+            with open(file_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(file_path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(file_path)!r} is not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{file_path}: {section!r} must be a [section] table")
+            for key, raw in values.items():
+                _apply(cfg, section, key, raw, str(file_path))
+    env = os.environ if environ is None else environ
+    sections = {f.name for f in fields(cfg)}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # ALTYAZI_* variables of other tools (or typos of sections) are not ours to judge
+        _apply(cfg, section, rest[len(section) + 1 :], raw, f"environment {name}")
+    for dotted, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        section, key = dotted.split(".", 1)
+        _apply(cfg, section, key, raw, "command line")
+    return cfg.validate()

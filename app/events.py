@@ -1,0 +1,110 @@
+"""Per-job event log: committed to the store first, then fanned out to live subscribers.
+
+Each event gets the job's next sequence number, which is also its SSE ``id``; a
+client that reconnects with ``Last-Event-ID`` gets the backlog from the store
+and then the live tail. Subscribers have their own queues, so a slow client
+never holds up the job that produces the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from storage.store import EventRecord, JobStore
+
+log = logging.getLogger("altyazi.events")
+
+FINAL_EVENTS = frozenset({"done", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Sentinel for subscribers: the server is stopping, end the stream now."""
+
+
+class EventHub:
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._subscribers: dict[str, set[asyncio.Queue[EventRecord | Shutdown]]] = defaultdict(set)
+        self._closing = False
+        # Appends of one job are serialised so that sequence numbers reach
+        # subscribers in the order they were committed.
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def publish(self, job_id: str, type: str, data: dict[str, Any]) -> EventRecord:
+        async with self._locks[job_id]:
+            record = await self._store.append_event(job_id, type, data)
+            for queue in self._subscribers.get(job_id, ()):
+                queue.put_nowait(record)
+        if type in FINAL_EVENTS:
+            self._locks.pop(job_id, None)
+        return record
+
+    def forget(self, job_id: str) -> None:
+        self._locks.pop(job_id, None)
+
+    def close(self) -> None:
+        """Tell every open stream to finish (graceful shutdown)."""
+        self._closing = True
+        for queues in self._subscribers.values():
+            for queue in queues:
+                queue.put_nowait(Shutdown())
+
+    async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[EventRecord | Shutdown]:
+        """The job's events after ``after_seq``: backlog, then live, until a final event."""
+        queue: asyncio.Queue[EventRecord | Shutdown] = asyncio.Queue()
+        # Subscribe before reading the backlog so nothing published in between is lost;
+        # duplicates are skipped by sequence number.
+        self._subscribers[job_id].add(queue)
+        try:
+            if self._closing:
+                yield Shutdown()
+                return
+            last = after_seq
+            while True:
+                backlog = await self._store.events_after(job_id, last)
+                if not backlog:
+                    break
+                for record in backlog:
+                    last = record.seq
+                    yield record
+                    if record.type in FINAL_EVENTS:
+                        return
+            while True:
+                item = await queue.get()
+                if isinstance(item, Shutdown):
+                    yield item
+                    return
+                if item.seq <= last:
+                    continue
+                last = item.seq
+                yield item
+                if item.type in FINAL_EVENTS:
+                    return
+        finally:
+            subs = self._subscribers.get(job_id)
+            if subs is not None:
+                subs.discard(queue)
+                if not subs:
+                    self._subscribers.pop(job_id, None)
+
+
+def format_sse(record: EventRecord) -> str:
+    data = json.dumps(record.data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {record.seq}\nevent: {record.type}\ndata: {data}\n\n"
+
+
+def format_sse_unnumbered(type: str, data: dict[str, Any]) -> str:
+    # No id: the client's Last-Event-ID stays at the last real event, so a
+    # reconnect after this resumes exactly where the log left off.
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {type}\ndata: {payload}\n\n"

@@ -1,0 +1,366 @@
+"""The job state machine: one owned task per job, from extracted audio to transcript.
+
+    queued ──admission──> running: extracting → detecting_speech → transcribing → done
+                                      └──────────── any error ────────────→ failed
+    DELETE at any point → cancelled (task cancelled, ffmpeg killed, windows dropped)
+
+Every state change is committed to the store before it is announced on the
+job's event stream. Finished windows are saved as they are announced, so a
+job interrupted by a restart or a crash resumes after its last announced
+window instead of starting over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from app.admission import Admission
+from app.events import EventHub
+from app.ffmpeg import DiskFull, FfmpegError, FfmpegPool
+from app.formats import segment_to_dict, transcript_to_dict
+from app.options import JobOptions
+from app.windows import plan_windows
+from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
+from storage.files import JobFiles, atomic_write_json
+from storage.store import JobRecord, JobStore
+
+log = logging.getLogger("altyazi.jobs")
+
+# Share of the progress bar each stage fills; transcription dominates the wall time.
+EXTRACT_SHARE = 0.05
+VAD_SHARE = 0.05
+PROGRESS_STEP = 0.01
+
+
+class JobFailure(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ManagerLimits:
+    max_running_jobs: int = 64
+    vad_threads: int = 1
+
+
+def segment_from_dict(d: dict[str, Any]) -> Segment:
+    words = d.get("words")
+    return Segment(
+        start=float(d["start"]),
+        end=float(d["end"]),
+        text=str(d["text"]),
+        words=tuple(Word(float(w["start"]), float(w["end"]), str(w["word"]), float(w.get("probability", 0.0))) for w in words)
+        if words is not None
+        else None,
+        avg_logprob=float(d.get("avg_logprob", 0.0)),
+        no_speech_prob=float(d.get("no_speech_prob", 0.0)),
+    )
+
+
+class JobManager:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        files: JobFiles,
+        pool: FfmpegPool,
+        engine: Engine,
+        hub: EventHub,
+        multilingual: bool,
+        limits: ManagerLimits | None = None,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.pool = pool
+        self.engine = engine
+        self.hub = hub
+        self.multilingual = multilingual
+        self.limits = limits or ManagerLimits()
+        self.admission = Admission(self.limits.max_running_jobs)
+        self._vad_limiter = anyio.CapacityLimiter(self.limits.vad_threads)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        # Audio seconds finished and when: the base of Retry-After estimates.
+        self.audio_seconds_done = 0.0
+        self.started_monotonic = time.monotonic()
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Re-queue what a previous process left queued or running (also after kill -9)."""
+        jobs = await self.store.jobs_with_status(("queued", "running"))
+        for job in jobs:
+            if self.files.find_input(job.id) is None:
+                await self._finish(job.id, "failed", error=("input_missing", "The uploaded file is gone, so the job cannot resume; upload it again."))
+                continue
+            if job.status == "running":
+                await self.store.update_job(job.id, status="queued", stage="queued")
+            self.spawn(job)
+        if jobs:
+            log.info("recovered %d unfinished job(s)", len(jobs))
+        return len(jobs)
+
+    def spawn(self, job: JobRecord) -> None:
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda t, job_id=job.id: self._tasks.pop(job_id, None) if self._tasks.get(job_id) is t else None)
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self) -> None:
+        """Cancel every job task without marking jobs: they stay queued/running and resume on restart."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    def queue_position(self, job_id: str) -> int | None:
+        return self.admission.position(job_id)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a job's work now: its ffmpeg is killed and its queued windows dropped."""
+        task = self._tasks.pop(job_id, None)
+        self.engine.cancel_job(job_id)
+        if task is None:
+            return False
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # the task reports its own failures
+            pass
+        return True
+
+    # ---- the pipeline ----------------------------------------------------
+
+    async def _run(self, job: JobRecord) -> None:
+        job_id = job.id
+        try:
+            await self.admission.acquire(job.owner, job_id)
+            try:
+                await self._pipeline(job)
+            finally:
+                self.admission.release(job_id)
+        except asyncio.CancelledError:
+            raise
+        except JobFailure as exc:
+            log.info("job %s failed: %s (%s)", job_id, exc.code, exc.message)
+            await self._finish(job_id, "failed", error=(exc.code, exc.message))
+        except Exception:
+            log.exception("job %s failed unexpectedly", job_id)
+            await self._finish(job_id, "failed", error=("internal_error", "The server hit an unexpected error while processing this job; it has been logged."))
+
+    async def _pipeline(self, job: JobRecord) -> None:
+        job_id = job.id
+        options = JobOptions.from_dict(job.options)
+        duration = float(job.duration_s or 0.0)
+        job = await self.store.update_job(
+            job_id, status="running", stage="extracting", started_at=job.started_at or time.time(), attempts=job.attempts + 1
+        )
+        await self.hub.publish(job_id, "status", {"status": "running", "stage": "extracting"})
+        progress = _Progress(self, job_id, job.progress)
+        try:
+            await self._work(job, options, duration, progress)
+        finally:
+            progress.cancel()
+
+    async def _work(self, job: JobRecord, options: JobOptions, duration: float, progress: _Progress) -> None:
+        job_id = job.id
+
+        pcm = self.files.audio_path(job_id)
+        if not pcm.exists():
+            source = self.files.find_input(job_id)
+            if source is None:
+                raise JobFailure("input_missing", "The uploaded file is gone, so the job cannot run; upload it again.")
+            partial = pcm.with_name(pcm.name + ".partial")
+            try:
+                await self.pool.extract_audio(
+                    source,
+                    partial,
+                    duration_s=duration or None,
+                    on_progress=lambda f: progress.report("extracting", EXTRACT_SHARE * f),
+                )
+            except DiskFull:
+                partial.unlink(missing_ok=True)
+                raise JobFailure("disk_full", "The server ran out of disk space while extracting the audio; try again later.") from None
+            except FfmpegError as exc:
+                partial.unlink(missing_ok=True)
+                raise JobFailure("extraction_failed", f"Could not decode the audio: {exc.message}") from None
+            partial.replace(pcm)
+        total_samples = pcm.stat().st_size // 2
+        if total_samples == 0:
+            raise JobFailure("no_audio", "The file's audio track holds no samples.")
+        if not duration:
+            duration = total_samples / SAMPLE_RATE
+
+        await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
+        await progress.flush()
+        spans = await anyio.to_thread.run_sync(lambda: plan_windows(pcm, vad=options.vad), limiter=self._vad_limiter)
+        await self._set_stage(job_id, "transcribing", EXTRACT_SHARE + VAD_SHARE)
+        segments, language = await self._transcribe(job, options, pcm, spans, duration, progress)
+
+        await self.store.update_job(job_id, stage="finalizing")
+        language = options.language or language or ("en" if not self.multilingual else None)
+        transcript = transcript_to_dict(segments, language=language, duration_s=duration)
+        await anyio.to_thread.run_sync(atomic_write_json, self.files.transcript_path(job_id), transcript)
+        await self._finish(job_id, "done", language=language, segments=len(segments))
+        # The transcript holds the windows now; the PCM can be made again from the input.
+        pcm.unlink(missing_ok=True)
+        await self.store.clear_windows(job_id)
+
+    async def _transcribe(
+        self,
+        job: JobRecord,
+        options: JobOptions,
+        pcm: Path,
+        spans: list[Any],
+        duration: float,
+        progress: _Progress,
+    ) -> tuple[list[Segment], str | None]:
+        job_id = job.id
+        decode = options.decode_options(multilingual=self.multilingual)
+        saved = await self.store.load_windows(job_id)
+        segments: list[Segment] = []
+        languages: Counter[str] = Counter()
+        next_index = 0
+        # Windows are announced in order; a resumed job skips the prefix it already announced.
+        while next_index in saved:
+            stored = saved[next_index]
+            segments.extend(segment_from_dict(s) for s in stored["segments"])
+            if stored.get("language"):
+                languages[stored["language"]] += stored.get("seconds", 0.0)
+            next_index += 1
+        total_seconds = sum(s.num_samples for s in spans) / SAMPLE_RATE or 1.0
+        done_seconds = sum(s.num_samples for s in spans[:next_index]) / SAMPLE_RATE
+
+        requests = [
+            WindowRequest(
+                owner=job.owner,
+                job_id=job_id,
+                index=i,
+                offset=span.start_sample / SAMPLE_RATE,
+                audio=AudioRef(str(pcm), span.start_sample, span.num_samples),
+                options=decode,
+            )
+            for i, span in enumerate(spans)
+            if i >= next_index
+        ]
+        results: dict[int, WindowResult] = {}
+        base = EXTRACT_SHARE + VAD_SHARE
+        finished: asyncio.Queue[tuple[int, WindowResult]] = asyncio.Queue()
+
+        async def one(request: WindowRequest) -> None:
+            finished.put_nowait((request.index, await self.engine.transcribe(request)))
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for request in requests:
+                    tg.create_task(one(request))
+                for _ in requests:
+                    index, window = await finished.get()
+                    results[index] = window
+                    while next_index in results:
+                        window = results.pop(next_index)
+                        seconds = spans[next_index].num_samples / SAMPLE_RATE
+                        first_id = len(segments)
+                        segments.extend(window.segments)
+                        if window.language:
+                            languages[window.language] += seconds
+                        dicts = [segment_to_dict(s, first_id + k) for k, s in enumerate(window.segments)]
+                        await self.store.save_window(
+                            job_id, next_index, {"language": window.language, "seconds": seconds, "segments": dicts}
+                        )
+                        for d in dicts:
+                            await self.hub.publish(job_id, "segment", d)
+                        done_seconds += seconds
+                        self.audio_seconds_done += seconds
+                        next_index += 1
+                        progress.report("transcribing", base + (1 - base) * min(1.0, done_seconds / total_seconds))
+        except BaseExceptionGroup as group:
+            # One window failed: the job fails with that window's error, not a group of them.
+            first = next((e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)), group.exceptions[0])
+            raise first from None
+        await progress.flush()
+        language = languages.most_common(1)[0][0] if languages else None
+        return segments, language
+
+    # ---- state changes -----------------------------------------------------
+
+    async def _set_stage(self, job_id: str, stage: str, progress: float) -> None:
+        await self.store.update_job(job_id, stage=stage, progress=progress)
+        await self.hub.publish(job_id, "progress", {"stage": stage, "progress": round(progress, 4)})
+
+    async def _finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: tuple[str, str] | None = None,
+        language: str | None = None,
+        segments: int | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"status": status, "stage": status, "finished_at": time.time()}
+        if status == "done":
+            fields["progress"] = 1.0
+            fields["language"] = language
+        if error is not None:
+            fields["error_code"], fields["error_message"] = error
+        await self.store.update_job(job_id, **fields)
+        data: dict[str, Any] = {"status": status}
+        if error is not None:
+            data["error"] = {"code": error[0], "message": error[1]}
+        if status == "done":
+            data.update(language=language, segments=segments)
+        await self.hub.publish(job_id, status, data)
+
+
+class _Progress:
+    """Throttled progress for one job: at most one write in flight, the latest value wins.
+
+    ``report`` is cheap and synchronous, so ffmpeg's progress callback can call
+    it; one owned flusher task commits and announces the newest value.
+    """
+
+    def __init__(self, manager: JobManager, job_id: str, start: float) -> None:
+        self._manager = manager
+        self._job_id = job_id
+        self._sent = start
+        self._latest: tuple[str, float] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def report(self, stage: str, value: float) -> None:
+        if value - self._sent < PROGRESS_STEP and value < 1.0:
+            return
+        self._latest = (stage, value)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._latest is not None:
+            stage, value = self._latest
+            self._latest = None
+            self._sent = value
+            await self._manager._set_stage(self._job_id, stage, value)
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()

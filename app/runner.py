@@ -1,0 +1,77 @@
+"""Run the app under uvicorn with altyazi's shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from types import FrameType
+
+import uvicorn
+
+from app.config import Config
+from app.models import ResolvedModel, resolve_model
+from app.server import begin_drain, create_app
+from batching.types import Engine
+
+log = logging.getLogger("altyazi.server")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, plus: the first signal also starts altyazi's drain.
+
+    uvicorn waits for open connections before it runs the lifespan shutdown,
+    and SSE streams never close on their own, so the drain (503 for uploads,
+    a last ``status`` event on every stream) must start at the signal itself.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: object) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(begin_drain, self._app)
+
+
+def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
+    from batching.whisper_engine import WhisperEngine
+
+    return WhisperEngine(
+        {
+            "model": resolved.path_or_id,
+            "device": cfg.model.device,
+            "compute_type": cfg.model.compute_type,
+            "cpu_threads": cfg.model.cpu_threads,
+        },
+        max_batch_size=cfg.batching.max_batch_size,
+        max_wait_s=cfg.batching.max_wait_ms / 1000.0,
+        prepare_threads=cfg.batching.prepare_threads,
+    )
+
+
+def run_server(cfg: Config) -> int:
+    for tool in (cfg.ffmpeg.path, cfg.ffmpeg.ffprobe_path):
+        if shutil.which(tool) is None:
+            print(f"altyazi: {tool!r} was not found; install ffmpeg (Debian: apt-get install ffmpeg) or set ffmpeg.path", file=sys.stderr)
+            return 2
+    # Resolved before uvicorn starts, so a missing model is one line, not a lifespan traceback.
+    resolved = resolve_model(cfg.model.name, cfg.storage.data_dir)
+    log.info("model %s from %s (%s)", resolved.name, resolved.path_or_id, resolved.source)
+    app = create_app(cfg, engine_factory=lambda c: (engine_for(c, resolved), resolved.multilingual, resolved.name))
+    config = uvicorn.Config(
+        app,
+        host=cfg.server.host,
+        port=cfg.server.port,
+        log_config=None,  # keep altyazi's own log format
+        timeout_graceful_shutdown=max(1, int(cfg.server.shutdown_timeout_s)),
+        lifespan="on",
+    )
+    server = DrainingServer(config, app)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,136 @@
+"""What the routes share: the parts of the running server and the admission checks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+
+from app.config import Config
+from app.errors import ApiError
+from app.events import EventHub
+from app.ffmpeg import FfmpegPool
+from app.jobs import JobManager
+from app.options import JobOptions
+from batching.types import Engine
+from storage.files import JobFiles, free_bytes
+from storage.store import ExportRecord, JobRecord, JobStore
+
+log = logging.getLogger("altyazi.state")
+
+ANONYMOUS = "anonymous"
+
+
+def owner_of(request: Request) -> str:
+    """The owner every job and stream belongs to; set by the auth middleware when keys are on."""
+    return getattr(request.state, "owner", ANONYMOUS)
+
+
+@dataclass
+class AppState:
+    cfg: Config
+    store: JobStore
+    files: JobFiles
+    pool: FfmpegPool
+    engine: Engine
+    hub: EventHub
+    manager: JobManager
+    multilingual: bool
+    model_name: str
+    ready: bool = False
+    draining: bool = False
+    uploads_in_flight: int = 0
+    sse_streams: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    # ---- admission checks, cheapest first ----------------------------------
+
+    def check_accepting(self) -> None:
+        if self.draining:
+            raise ApiError(
+                503, "shutting_down", "The server is restarting and takes no new jobs; try again in a few seconds.",
+                headers={"Retry-After": "10"},
+            )
+        if not self.ready:
+            raise ApiError(503, "not_ready", "The server is still loading its model; try again shortly.", headers={"Retry-After": "5"})
+
+    async def check_capacity(self, owner: str) -> None:
+        limits = self.cfg.limits
+        active = self.manager.active
+        if active >= limits.max_queued_jobs:
+            retry = self.retry_after_s()
+            raise ApiError(
+                429, "queue_full",
+                f"The server has {active} jobs waiting or running, its limit; try again in about {retry} s.",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def retry_after_s(self) -> int:
+        """Seconds until a queue slot frees, from the measured throughput."""
+        elapsed = max(1.0, time.monotonic() - self.manager.started_monotonic)
+        rate = self.manager.audio_seconds_done / elapsed  # audio seconds per wall second
+        if rate <= 0:
+            return 30
+        avg_job_s = 60.0
+        return int(min(600, max(5, math.ceil(avg_job_s / rate))))
+
+    def check_disk(self, incoming_bytes: int) -> None:
+        floor = self.cfg.storage.min_free_mb * 1024 * 1024
+        free = free_bytes(self.files.data_dir)
+        if free - incoming_bytes < floor:
+            raise ApiError(
+                507, "insufficient_storage",
+                "The server is low on disk space and cannot take this upload now; try again later or upload a smaller file.",
+                headers={"Retry-After": "60"},
+            )
+
+    def check_model_supports(self, options: JobOptions) -> None:
+        if self.multilingual:
+            return
+        if options.language not in (None, "en"):
+            raise ApiError(
+                422, "invalid_option",
+                f"language: this server's model ({self.model_name}) is English-only; use en or auto.",
+                extra={"field": "language"},
+            )
+        if options.task == "translate":
+            raise ApiError(
+                422, "invalid_option",
+                f"task: this server's model ({self.model_name}) is English-only and cannot translate.",
+                extra={"field": "task"},
+            )
+
+    # ---- shared operations ----------------------------------------------------
+
+    def export_json(self, export: ExportRecord) -> dict[str, Any]:
+        from app.api import iso
+
+        return {
+            "id": export.id,
+            "status": export.status,
+            "progress": round(export.progress, 4),
+            "options": export.options,
+            "error": {"code": export.error_code, "message": export.error_message} if export.error_code else None,
+            "created_at": iso(export.created_at),
+            "finished_at": iso(export.finished_at),
+            "size_bytes": export.size_bytes,
+            "links": {
+                "self": f"/v1/jobs/{export.job_id}/exports/{export.id}",
+                "file": f"/v1/jobs/{export.job_id}/exports/{export.id}/file",
+            },
+        }
+
+    async def delete_job(self, job: JobRecord) -> None:
+        """Cancel whatever runs for the job, announce it, then remove its rows and files."""
+        was_active = await self.manager.cancel(job.id)
+        if was_active or job.status not in ("done", "failed", "cancelled"):
+            await self.store.update_job(job.id, status="cancelled", stage="cancelled", finished_at=time.time())
+            await self.hub.publish(job.id, "cancelled", {"status": "cancelled"})
+        await self.store.delete_job(job.id)
+        self.hub.forget(job.id)
+        await anyio.to_thread.run_sync(self.files.remove, job.id)

@@ -1,0 +1,245 @@
+"""Receive an upload straight to disk: multipart (``file`` field) or a raw body.
+
+The body is never held in memory: parts are parsed as they stream in and the
+file's bytes are appended to a partial file in the job's folder, in ~1 MiB
+writes done in a worker thread. The size limit is enforced while streaming,
+and any failure removes the partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import anyio
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import ApiError
+
+FLUSH_BYTES = 1 << 20
+MAX_FIELDS = 32
+MAX_FIELD_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+
+
+@dataclass
+class ReceivedUpload:
+    filename: str  # as the client sent it; sanitise before use
+    path: Path
+    size: int
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class _Sink:
+    """A partial file filled in large writes off the event loop."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._buffer = bytearray()
+        self._fh = open(path, "wb")
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise _TooLarge()
+        self._buffer += data
+
+    @property
+    def should_flush(self) -> bool:
+        return len(self._buffer) >= FLUSH_BYTES
+
+    async def flush(self) -> None:
+        if self._buffer:
+            chunk, self._buffer = bytes(self._buffer), bytearray()
+            await anyio.to_thread.run_sync(self._fh.write, chunk)
+
+    async def close(self) -> None:
+        await self.flush()
+        await anyio.to_thread.run_sync(self._close_sync)
+
+    def _close_sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def discard(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        "upload_too_large",
+        f"The upload is larger than this server's limit of {max_bytes / 1e6:.0f} MB.",
+    )
+
+
+async def receive_upload(
+    request: Request,
+    dest: Path,
+    *,
+    max_bytes: int,
+    query_filename: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ReceivedUpload:
+    """Stream the request body into ``dest``; answer what arrived.
+
+    Raises ApiError: 413 over the limit, 400 for a malformed or cut-off body or
+    a multipart body without a ``file`` field.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MAX_HEADER_BYTES * 4:
+        raise too_large(max_bytes)
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    sink = _Sink(dest, max_bytes)
+    try:
+        if content_type == b"multipart/form-data":
+            boundary = params.get(b"boundary")
+            if not boundary:
+                raise ApiError(400, "bad_multipart", "The multipart body has no boundary in its Content-Type header.")
+            filename, fields = await _receive_multipart(request, sink, boundary, on_progress)
+        else:
+            fields = {}
+            filename = query_filename or ""
+            async for chunk in request.stream():
+                sink.add(chunk)
+                if sink.should_flush:
+                    await sink.flush()
+                    if on_progress:
+                        on_progress(sink.size)
+        await sink.close()
+    except _TooLarge:
+        sink.discard()
+        raise too_large(max_bytes) from None
+    except ClientDisconnect:
+        sink.discard()
+        raise ApiError(400, "upload_incomplete", "The upload was cut off before the body was complete; send it again.") from None
+    except BaseException:
+        sink.discard()
+        raise
+    return ReceivedUpload(filename=filename, path=dest, size=sink.size, fields=fields)
+
+
+async def _receive_multipart(
+    request: Request,
+    sink: _Sink,
+    boundary: bytes,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[str, dict[str, str]]:
+    fields: dict[str, str] = {}
+    state: dict[str, object] = {"headers": {}, "name": None, "filename": None, "is_file": False, "value": bytearray()}
+    header_field = bytearray()
+    header_value = bytearray()
+    found_file: list[str] = []
+    errors: list[ApiError] = []
+    header_bytes = 0
+
+    def on_part_begin() -> None:
+        state.update(headers={}, name=None, filename=None, is_file=False, value=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        nonlocal header_bytes
+        header_bytes += end - start
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        nonlocal header_bytes
+        header_bytes += end - start
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers = state["headers"]
+        assert isinstance(headers, dict)
+        headers[bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        headers = state["headers"]
+        assert isinstance(headers, dict)
+        _, options = parse_options_header(headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        state["name"] = name
+        if b"filename" in options or name == "file":
+            state["is_file"] = True
+            state["filename"] = options.get(b"filename", b"").decode("utf-8", "replace")
+            if name != "file" or found_file:
+                errors.append(
+                    ApiError(400, "unexpected_file", "Send exactly one file, in the form field named 'file'.")
+                )
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if errors:
+            return
+        if state["is_file"]:
+            sink.add(data[start:end])
+            return
+        value = state["value"]
+        assert isinstance(value, bytearray)
+        value.extend(data[start:end])
+        if len(value) > MAX_FIELD_BYTES:
+            errors.append(ApiError(413, "field_too_large", f"Form field {state['name']!r} is longer than 64 kB."))
+
+    def on_part_end() -> None:
+        if errors:
+            return
+        if state["is_file"]:
+            found_file.append(str(state["filename"] or ""))
+            return
+        if len(fields) >= MAX_FIELDS:
+            errors.append(ApiError(400, "too_many_fields", "The form has too many fields."))
+            return
+        value = state["value"]
+        assert isinstance(value, bytearray)
+        try:
+            fields[str(state["name"])] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            errors.append(ApiError(400, "bad_field", f"Form field {state['name']!r} is not UTF-8 text."))
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+        },
+    )
+    async for chunk in request.stream():
+        try:
+            parser.write(chunk)
+        except _TooLarge:
+            raise
+        except Exception:
+            raise ApiError(400, "bad_multipart", "The multipart body is malformed.") from None
+        if errors:
+            raise errors[0]
+        if header_bytes > MAX_HEADER_BYTES * 4:
+            raise ApiError(400, "bad_multipart", "The multipart part headers are too large.")
+        if sink.should_flush:
+            await sink.flush()
+            if on_progress:
+                on_progress(sink.size)
+    try:
+        parser.finalize()
+    except Exception:
+        raise ApiError(400, "bad_multipart", "The multipart body is malformed or cut off.") from None
+    if errors:
+        raise errors[0]
+    if not found_file:
+        raise ApiError(400, "missing_file", "The form has no 'file' field; attach the media as file=@name.")
+    return found_file[0], fields

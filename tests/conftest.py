@@ -1,0 +1,131 @@
+"""Shared fixtures: a live altyazi server on a free loopback port, in a thread.
+
+A live server (not an in-process ASGI transport) is what SSE, uploads cut off
+mid-body and client disconnects need to be tested for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from app.config import Config, load_config
+from app.server import create_app
+from batching.types import Engine
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_EN = "tiny.en"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_config(data_dir: Path, **overrides: Any) -> Config:
+    values = {"storage.data_dir": str(data_dir), "storage.min_free_mb": 1, "server.sse_heartbeat_s": 1}
+    values.update(overrides)
+    return load_config(environ={}, overrides=values)
+
+
+@dataclass
+class LiveServer:
+    cfg: Config
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: Any
+    engine: Engine | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    def aclient(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.altyazi
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's own loop (to reach its parts)."""
+        loop = self.extra["loop"]
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def start_server(cfg: Config, engine_factory: Callable[[Config], tuple[Engine, bool, str]]) -> LiveServer:
+    port = free_port()
+    app = create_app(cfg, engine_factory=engine_factory)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    extra: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        extra["loop"] = loop
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.serve())
+        loop.close()
+
+    thread = threading.Thread(target=run, name=f"altyazi-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    live = LiveServer(cfg=cfg, url=f"http://127.0.0.1:{port}", server=server, thread=thread, app=app, extra=extra)
+    live.engine = app.state.altyazi.engine
+    return live
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers (fake engine by default); all are stopped at teardown."""
+    started: list[LiveServer] = []
+
+    def make(engine_factory: Callable[[Config], tuple[Engine, bool, str]] | None = None, data_dir: Path | None = None, **overrides: Any) -> LiveServer:
+        from batching.fake_engine import FakeEngine
+
+        cfg = server_config(data_dir or tmp_path / "data", **overrides)
+        factory = engine_factory or (lambda c: (FakeEngine(), True, "fake"))
+        live = start_server(cfg, factory)
+        started.append(live)
+        return live
+
+    yield make
+    for live in started:
+        live.stop()
+
+
+def tiny_engine_factory(cfg: Config) -> tuple[Engine, bool, str]:
+    from app.models import resolve_model
+    from app.runner import engine_for
+
+    resolved = resolve_model(TINY_EN, cfg.storage.data_dir)
+    return engine_for(cfg, resolved), resolved.multilingual, resolved.name
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.__main__ import build_parser, config_from_args, main
+from app.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+
+def test_repo_config_matches_the_code_defaults() -> None:
+    # config.toml documents the defaults; the dataclasses must agree with it.
+    assert load_config(DEFAULT_CONFIG_PATH, environ={}) == Config().validate()
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    cfg = load_config(environ={"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "1", "ALTYAZI_STORAGE_DATA_DIR": str(tmp_path)})
+    assert cfg.batching.max_batch_size == 1
+    assert cfg.storage.data_dir == tmp_path
+
+
+def test_cli_flags_override_environment(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["serve", "--port", "9123", "--model", "tiny.en", "--data-dir", str(tmp_path)])
+    cfg = config_from_args(args)
+    assert (cfg.server.port, cfg.model.name, cfg.storage.data_dir) == (9123, "tiny.en", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "zero"}, "batching.max_batch_size = 'zero'"),
+        ({"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "0"}, "batching.max_batch_size = 0"),
+        ({"ALTYAZI_SERVER_PORT": "70000"}, "server.port = 70000"),
+        ({"ALTYAZI_MODEL_DEVICE": "tpu"}, "model.device = 'tpu'"),
+        ({"ALTYAZI_SERVER_NOPE": "1"}, "server.nope"),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=env)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[batching]\nmax_wait_ms = 'soon'\n")
+    with pytest.raises(ConfigError, match="batching.max_wait_ms"):
+        load_config(bad, environ={})
+    bad.write_text("[nosuch]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config section \[nosuch\]"):
+        load_config(bad, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_main_prints_one_line_for_bad_config(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALTYAZI_SERVER_PORT", "-1")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "server.port" in err
