@@ -15,11 +15,11 @@ from urllib.parse import quote
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import ApiError, not_found
-from app.events import FINAL_EVENTS, Shutdown, format_sse, format_sse_unnumbered
+from app.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
 from app.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
 from app.jobs import segment_from_dict
 from app.media import MediaError, check_media
@@ -27,7 +27,7 @@ from app.options import JobOptions
 from app.state import AppState, owner_of
 from app.uploads import receive_upload
 from storage.files import atomic_write_json, free_bytes, safe_filename
-from storage.store import FINAL_STATUSES, JobRecord
+from storage.store import FINAL_STATUSES, ExportRecord, InvalidCursor, JobRecord
 
 MAX_TRANSCRIPT_BODY = 32 * 1024 * 1024
 SSE_RETRY_MS = 3000
@@ -161,7 +161,10 @@ async def list_jobs(request: Request) -> Response:
     if not 1 <= limit <= 200:
         raise ApiError(422, "invalid_parameter", "limit must be an integer from 1 to 200.", extra={"field": "limit"})
     cursor = request.query_params.get("cursor") or None
-    jobs = await state.store.list_jobs(owner_of(request), limit=limit + 1, before=cursor)
+    try:
+        jobs = await state.store.list_jobs(owner_of(request), limit=limit + 1, before=cursor)
+    except InvalidCursor:
+        raise ApiError(422, "invalid_parameter", "cursor is not a job of this listing; start again without it.", extra={"field": "cursor"}) from None
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JSONResponse(
@@ -196,12 +199,12 @@ async def job_events(request: Request) -> Response:
     except ValueError:
         after = 0
     heartbeat = state.cfg.server.sse_heartbeat_s
-    finished = job.status in FINAL_STATUSES and after >= await state.store.last_event_seq(job.id)
+
+    def over(job_finished: bool) -> bool:
+        return job_finished and state.exports.active_for(job.id) == 0
 
     async def body() -> AsyncIterator[str]:
         yield f"retry: {SSE_RETRY_MS}\n\n"
-        if finished:
-            return
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def pump() -> None:
@@ -215,6 +218,8 @@ async def job_events(request: Request) -> Response:
         # heartbeat is a timeout on the local queue, which is safe to cancel.
         pump_task = asyncio.create_task(pump(), name=f"sse-{job.id}")
         state.sse_streams += 1
+        finished = job.status in FINAL_STATUSES
+        caught_up = False
         try:
             while True:
                 try:
@@ -236,8 +241,17 @@ async def job_events(request: Request) -> Response:
                         },
                     )
                     return
+                if isinstance(item, CaughtUp):
+                    caught_up = True
+                    if over(finished):
+                        return
+                    continue
                 yield format_sse(item)
-                if item.type in FINAL_EVENTS:
+                if item.type in ("failed", "cancelled"):
+                    return
+                if item.type == "done":
+                    finished = True
+                if caught_up and item.type in FINAL_EVENTS | EXPORT_FINAL_EVENTS and over(finished):
                     return
         finally:
             state.sse_streams -= 1
@@ -311,17 +325,7 @@ async def put_transcript(request: Request) -> Response:
     job = await load_job(request)
     if job.status != "done":
         raise ApiError(409, "not_ready", f"The transcript can be edited once the job is done; it is {job.status}.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_TRANSCRIPT_BODY:
-            raise ApiError(413, "body_too_large", "The edited transcript is larger than 32 MB.")
-    try:
-        raw = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "The body is not UTF-8.") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+    raw = await read_json_body(request, limit=MAX_TRANSCRIPT_BODY)
     try:
         segments = validate_segments(raw, duration_s=job.duration_s)
     except SegmentError as exc:
@@ -338,6 +342,94 @@ async def put_transcript(request: Request) -> Response:
     return JSONResponse(transcript)
 
 
+# ---- exports ---------------------------------------------------------------------------
+
+
+async def create_export(request: Request) -> Response:
+    state = state_of(request)
+    state.check_accepting()
+    job = await load_job(request)
+    raw = await read_json_body(request, limit=64 * 1024)
+    options = state.exports.parse(raw)
+    record = await state.exports.create(job, options, new_id())
+    return JSONResponse(state.export_json(record), status_code=202, headers={"Location": f"/v1/jobs/{job.id}/exports/{record.id}"})
+
+
+async def load_export(request: Request) -> tuple[JobRecord, ExportRecord]:
+    state = state_of(request)
+    job = await load_job(request)
+    export = await state.store.get_export(request.path_params["export_id"], job_id=job.id)
+    if export is None:
+        raise not_found("export")
+    return job, export
+
+
+async def get_export(request: Request) -> Response:
+    _, export = await load_export(request)
+    return JSONResponse(state_of(request).export_json(export))
+
+
+async def delete_export(request: Request) -> Response:
+    state = state_of(request)
+    job, export = await load_export(request)
+    await state.exports.cancel(export.id)
+    await state.store.delete_export(export.id)
+    container = str(export.options.get("container", "mp4"))
+    path = state.files.export_path(job.id, export.id, container)
+    await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+    return Response(status_code=204)
+
+
+CONTAINER_TYPES = {"mp4": "video/mp4", "mkv": "video/x-matroska", "webm": "video/webm"}
+AUDIO_TYPES = {"mp4": "audio/mp4", "mkv": "audio/x-matroska", "webm": "audio/webm"}
+
+
+async def get_export_file(request: Request) -> Response:
+    state = state_of(request)
+    job, export = await load_export(request)
+    if export.status != "done":
+        raise ApiError(409, "not_ready", f"The export is {export.status}; download it once it is done.")
+    container = str(export.options.get("container", "mp4"))
+    path = state.files.export_path(job.id, export.id, container)
+    if not path.exists():
+        raise ApiError(404, "export_file_missing", "The exported file is gone (deleted by retention?); export again.")
+    has_video = bool((job.media or {}).get("has_video"))
+    media_type = (CONTAINER_TYPES if has_video else AUDIO_TYPES)[container]
+    name = export.filename or f"export.{container}"
+    return PinnedFileResponse(
+        path,
+        pin=lambda: state.files.pin(job.id),
+        media_type=media_type,
+        headers={"Content-Disposition": f"attachment; filename=\"{ascii_name(name)}\"; filename*=UTF-8''{quote(name)}"},
+    )
+
+
+class PinnedFileResponse(FileResponse):
+    """A file download that holds a pin, so retention never deletes it under the reader."""
+
+    def __init__(self, path: Path, *, pin: Any, **kw: Any) -> None:
+        super().__init__(path, **kw)
+        self._pin = pin
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        with self._pin():
+            await super().__call__(scope, receive, send)
+
+
+async def read_json_body(request: Request, *, limit: int) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "body_too_large", f"The JSON body is larger than {limit // 1024} kB.")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "The body is not UTF-8.") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+
+
 routes = [
     Route("/v1/jobs", create_job, methods=["POST"]),
     Route("/v1/jobs", list_jobs, methods=["GET"]),
@@ -346,4 +438,8 @@ routes = [
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/transcript", get_transcript, methods=["GET"]),
     Route("/v1/jobs/{job_id}/transcript", put_transcript, methods=["PUT"]),
+    Route("/v1/jobs/{job_id}/exports", create_export, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/exports/{export_id}", get_export, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/exports/{export_id}", delete_export, methods=["DELETE"]),
+    Route("/v1/jobs/{job_id}/exports/{export_id}/file", get_export_file, methods=["GET"]),
 ]

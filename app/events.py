@@ -20,11 +20,18 @@ from storage.store import EventRecord, JobStore
 log = logging.getLogger("altyazi.events")
 
 FINAL_EVENTS = frozenset({"done", "failed", "cancelled"})
+# Events after which a finished job's stream may end, once no export is running.
+EXPORT_FINAL_EVENTS = frozenset({"export_done", "export_failed"})
 
 
 @dataclass(frozen=True)
 class Shutdown:
     """Sentinel for subscribers: the server is stopping, end the stream now."""
+
+
+@dataclass(frozen=True)
+class CaughtUp:
+    """Sentinel: the stored backlog has been sent; what follows is live."""
 
 
 class EventHub:
@@ -59,8 +66,12 @@ class EventHub:
             for queue in queues:
                 queue.put_nowait(Shutdown())
 
-    async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[EventRecord | Shutdown]:
-        """The job's events after ``after_seq``: backlog, then live, until a final event."""
+    async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[EventRecord | CaughtUp | Shutdown]:
+        """The job's events after ``after_seq``: the backlog, ``CaughtUp``, then live ones.
+
+        The caller decides when the stream is over (it knows whether exports
+        are still running); a ``Shutdown`` is always the last item.
+        """
         queue: asyncio.Queue[EventRecord | Shutdown] = asyncio.Queue()
         # Subscribe before reading the backlog so nothing published in between is lost;
         # duplicates are skipped by sequence number.
@@ -77,8 +88,7 @@ class EventHub:
                 for record in backlog:
                     last = record.seq
                     yield record
-                    if record.type in FINAL_EVENTS:
-                        return
+            yield CaughtUp()
             while True:
                 item = await queue.get()
                 if isinstance(item, Shutdown):
@@ -88,8 +98,6 @@ class EventHub:
                     continue
                 last = item.seq
                 yield item
-                if item.type in FINAL_EVENTS:
-                    return
         finally:
             subs = self._subscribers.get(job_id)
             if subs is not None:

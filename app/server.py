@@ -25,6 +25,7 @@ from app import api
 from app.config import Config
 from app.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
 from app.events import EventHub
+from app.exports import ExportManager
 from app.ffmpeg import FfmpegPool
 from app.jobs import JobManager, ManagerLimits
 from app.state import AppState
@@ -70,13 +71,15 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             multilingual=multilingual,
             limits=ManagerLimits(max_running_jobs=cfg.limits.max_running_jobs),
         )
+        exports = ExportManager(store=store, files=files, pool=pool, hub=hub, crf=cfg.ffmpeg.crf, preset=cfg.ffmpeg.preset)
         state = AppState(
             cfg=cfg, store=store, files=files, pool=pool, engine=engine, hub=hub,
-            manager=manager, multilingual=multilingual, model_name=model_name,
+            manager=manager, exports=exports, multilingual=multilingual, model_name=model_name,
         )
         app.state.altyazi = state
         holder["state"] = state
         await manager.recover()
+        await exports.recover()
         sweeper = RetentionSweeper(store, files, retention_hours=cfg.storage.retention_hours)
         sweeper_task = asyncio.create_task(sweeper.run(), name="retention")
         state.ready = True
@@ -87,6 +90,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             sweeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper_task
+            await exports.stop()
             await manager.stop()
             await engine.stop()
             await store.close()

@@ -15,6 +15,7 @@ from app.config import Config
 from app.errors import ApiError
 from app.events import EventHub
 from app.ffmpeg import FfmpegPool
+from app.exports import ExportManager
 from app.jobs import JobManager
 from app.options import JobOptions
 from batching.types import Engine
@@ -40,6 +41,7 @@ class AppState:
     engine: Engine
     hub: EventHub
     manager: JobManager
+    exports: ExportManager
     multilingual: bool
     model_name: str
     ready: bool = False
@@ -127,6 +129,7 @@ class AppState:
 
     async def delete_job(self, job: JobRecord) -> None:
         """Cancel whatever runs for the job, announce it, then remove its rows and files."""
+        await self.exports.cancel_job(job.id)
         was_active = await self.manager.cancel(job.id)
         if was_active or job.status not in ("done", "failed", "cancelled"):
             await self.store.update_job(job.id, status="cancelled", stage="cancelled", finished_at=time.time())

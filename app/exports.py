@@ -1,0 +1,229 @@
+"""Export jobs: one owned task per export, rendered through the shared ffmpeg pool.
+
+An export renders the job's latest transcript (the edited one when there is
+one) into the media. Its progress goes out on the job's event stream as
+``progress`` events with ``stage: "exporting"`` and the export's id, and it ends
+with ``export_done`` or ``export_failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+import anyio
+
+from app.errors import ApiError
+from app.events import EventHub
+from app.export import ExportOptionError, ExportOptions, output_name, render_export
+from app.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout
+from app.jobs import segment_from_dict
+from app.media import MediaInfo
+from storage.files import JobFiles
+from storage.store import ExportRecord, JobRecord, JobStore
+
+log = logging.getLogger("altyazi.exports")
+
+ACTIVE = ("queued", "running")
+PROGRESS_STEP = 0.01
+
+
+class ExportManager:
+    def __init__(self, *, store: JobStore, files: JobFiles, pool: FfmpegPool, hub: EventHub, crf: int, preset: str) -> None:
+        self.store = store
+        self.files = files
+        self.pool = pool
+        self.hub = hub
+        self.crf = crf
+        self.preset = preset
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._progress_tasks: set[asyncio.Task[None]] = set()
+        self._by_job: dict[str, set[str]] = defaultdict(set)
+
+    def parse(self, body: Any) -> ExportOptions:
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_export_option", "The body must be a JSON object such as {\"mode\": \"soft\"}.")
+        try:
+            return ExportOptions.from_dict(body, default_crf=self.crf, default_preset=self.preset)
+        except ExportOptionError as exc:
+            raise ApiError(422, exc.code, exc.message, extra={"field": exc.field}) from None
+
+    def active_for(self, job_id: str) -> int:
+        return len(self._by_job.get(job_id, ()))
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def create(self, job: JobRecord, options: ExportOptions, export_id: str) -> ExportRecord:
+        if job.status != "done":
+            raise ApiError(409, "not_ready", f"Exports need a finished transcript; the job is {job.status}.")
+        if options.mode == "burn" and job.media and not job.media.get("has_video"):
+            raise ApiError(422, "invalid_export_option", "Export option 'mode' is invalid: burn needs a video stream; this file is audio only, use \"soft\" instead", extra={"field": "mode"})
+        now = time.time()
+        record = ExportRecord(
+            id=export_id,
+            job_id=job.id,
+            owner=job.owner,
+            status="queued",
+            progress=0.0,
+            options=_options_dict(options),
+            created_at=now,
+            updated_at=now,
+            filename=output_name(job.filename, options.mode, options.container),
+        )
+        await self.store.create_export(record)
+        await self.hub.publish(job.id, "export_queued", {"export_id": export_id, "status": "queued"})
+        self.spawn(record)
+        return record
+
+    def spawn(self, record: ExportRecord) -> None:
+        task = asyncio.create_task(self._run(record), name=f"export-{record.id}")
+        self._tasks[record.id] = task
+        self._by_job[record.job_id].add(record.id)
+
+        def forget(t: asyncio.Task[None], export_id: str = record.id, job_id: str = record.job_id) -> None:
+            if self._tasks.get(export_id) is t:
+                del self._tasks[export_id]
+            self._detach(job_id, export_id)
+
+        task.add_done_callback(forget)
+
+    def _detach(self, job_id: str, export_id: str) -> None:
+        # Called before an export's final event goes out, so a stream that sees
+        # it also sees that no export of the job is running any more.
+        ids = self._by_job.get(job_id)
+        if ids is not None:
+            ids.discard(export_id)
+            if not ids:
+                del self._by_job[job_id]
+
+    async def recover(self) -> int:
+        """Restart exports a previous process left unfinished; their partial files are gone by design."""
+        records = await self.store.exports_with_status(ACTIVE)
+        for record in records:
+            await self.store.update_export(record.id, status="queued", progress=0.0)
+            self.spawn(record)
+        return len(records)
+
+    async def cancel(self, export_id: str) -> bool:
+        task = self._tasks.get(export_id)
+        if task is None:
+            return False
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return True
+
+    async def cancel_job(self, job_id: str) -> None:
+        for export_id in list(self._by_job.get(job_id, ())):
+            await self.cancel(export_id)
+
+    async def stop(self) -> None:
+        """Shutdown: stop renders without marking them; they restart on the next start."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    async def _run(self, record: ExportRecord) -> None:
+        export_id, job_id = record.id, record.job_id
+        work_dir = self.files.work_dir(job_id) / export_id
+        options = ExportOptions.from_dict(record.options)
+        dest = self.files.export_path(job_id, export_id, options.container)
+        try:
+            job = await self.store.get_job(job_id)
+            source = self.files.find_input(job_id)
+            if job is None or source is None:
+                raise FfmpegError("The job's media is gone, so it cannot be exported.", code="input_missing")
+            await self.store.update_export(export_id, status="running")
+            await self.hub.publish(job_id, "progress", {"stage": "exporting", "export_id": export_id, "progress": 0.0})
+            segments = await self._segments(job_id)
+            media = MediaInfo(**(job.media or {}))
+            last = [0.0]
+
+            def on_progress(fraction: float) -> None:
+                if fraction - last[0] >= PROGRESS_STEP:
+                    last[0] = fraction
+                    self._progress(job_id, export_id, fraction)
+
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            await render_export(
+                self.pool,
+                source=source,
+                media=media,
+                segments=segments,
+                options=options,
+                language=job.language,
+                work_dir=work_dir,
+                dest=dest,
+                on_progress=on_progress,
+            )
+            size = dest.stat().st_size
+            await self.store.update_export(export_id, status="done", progress=1.0, finished_at=time.time(), size_bytes=size)
+            self._detach(job_id, export_id)
+            await self.hub.publish(job_id, "export_done", {"export_id": export_id, "status": "done", "size_bytes": size})
+            log.info("export %s of job %s done in %.1f s", export_id, job_id, time.monotonic() - t0)
+        except asyncio.CancelledError:
+            dest.unlink(missing_ok=True)
+            if not self._stopping:
+                # A user's cancel: record it even though this task is being cancelled.
+                await asyncio.shield(self._fail(job_id, export_id, "cancelled", "export_cancelled", "The export was cancelled."))
+            raise
+        except ExportOptionError as exc:
+            await self._fail(job_id, export_id, "failed", exc.code, exc.message)
+        except DiskFull:
+            await self._fail(job_id, export_id, "failed", "disk_full", "The server ran out of disk space while rendering; try again later.")
+        except FfmpegTimeout as exc:
+            await self._fail(job_id, export_id, "failed", "ffmpeg_timeout", exc.message)
+        except FfmpegError as exc:
+            await self._fail(job_id, export_id, "failed", exc.code or "export_failed", f"Rendering failed: {exc.message}")
+        except Exception:
+            log.exception("export %s of job %s failed unexpectedly", export_id, job_id)
+            await self._fail(job_id, export_id, "failed", "internal_error", "The server hit an unexpected error while rendering; it has been logged.")
+        finally:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(work_dir, ignore_errors=True))
+
+    def _progress(self, job_id: str, export_id: str, fraction: float) -> None:
+        # Progress is best effort: a write that loses a race with the final state is harmless.
+        async def write() -> None:
+            try:
+                await self.store.update_export(export_id, progress=fraction)
+                await self.hub.publish(job_id, "progress", {"stage": "exporting", "export_id": export_id, "progress": round(fraction, 4)})
+            except Exception:
+                log.debug("export progress for %s dropped", export_id, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(write())
+        # Keep a reference until it finishes (the loop holds tasks only weakly).
+        self._progress_tasks.add(task)
+        task.add_done_callback(self._progress_tasks.discard)
+
+    async def _segments(self, job_id: str) -> list[Any]:
+        edited = self.files.edited_path(job_id)
+        path = edited if edited.exists() else self.files.transcript_path(job_id)
+        text = await anyio.to_thread.run_sync(path.read_text, "utf-8")
+        return [segment_from_dict(s) for s in json.loads(text).get("segments", [])]
+
+    async def _fail(self, job_id: str, export_id: str, status: str, code: str, message: str) -> None:
+        try:
+            await self.store.update_export(export_id, status=status, finished_at=time.time(), error_code=code, error_message=message)
+        except KeyError:
+            return  # the job (and so the export) was deleted meanwhile
+        self._detach(job_id, export_id)
+        await self.hub.publish(job_id, "export_failed", {"export_id": export_id, "status": status, "error": {"code": code, "message": message}})
+
+
+def _options_dict(options: ExportOptions) -> dict[str, Any]:
+    return asdict(options)
