@@ -1,0 +1,445 @@
+"""Exporting a job's media with its subtitles: burned into the picture, or muxed as a track.
+
+*burn* draws an ASS file (built here with pysubs2, styled from :class:`ExportStyle`)
+onto the video with libass and re-encodes the picture (H.264, or VP9 for WebM).
+*soft* adds a subtitle track without re-encoding what the container can hold:
+MP4 gets ``mov_text``, MKV gets SRT, WebM gets WebVTT. A stream the container cannot
+hold (say PCM audio in MP4, or H.264 in WebM) is transcoded, not refused: WebM video
+becomes VP9 and its audio Opus, MP4/MKV audio becomes AAC. An audio-only source gives
+an audio file with a subtitle track (any container); *burn* needs a video stream.
+
+The subtitle files live in the export's ``work_dir`` under fixed names chosen here,
+so nothing the user typed ever appears in an ffmpeg filter string.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pysubs2
+
+from app.ffmpeg import FfmpegPool, file_url, fraction_reporter
+from app.media import MediaInfo
+from batching.types import Segment
+
+Mode = Literal["burn", "soft"]
+Container = Literal["mp4", "mkv", "webm"]
+
+MODES: tuple[str, ...] = ("burn", "soft")
+CONTAINERS: tuple[str, ...] = ("mp4", "mkv", "webm")
+PRESETS: tuple[str, ...] = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
+
+# The reference height the style's sizes are given in: 48 means 48/1080 of the frame height.
+PLAY_RES_Y = 1080
+
+_MUXER = {"mp4": "mp4", "mkv": "matroska", "webm": "webm"}
+# Codecs each container takes as they are (None: any). Anything else is transcoded.
+_COPY_VIDEO: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"}),
+    "mkv": None,
+    "webm": frozenset({"vp8", "vp9", "av1"}),
+}
+_COPY_AUDIO: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3"}),
+    "mkv": None,
+    "webm": frozenset({"opus", "vorbis"}),
+}
+# Soft track: (file written here, its demuxer, the codec in the output).
+# MKV and WebM copy the text as written (ffmpeg's decode/encode round trip would turn
+# escaped "&lt;b&gt;" back into markup); MP4 needs mov_text, converted from the SRT.
+_SOFT_SUBS = {"mp4": ("subs.srt", "srt", "mov_text"), "mkv": ("subs.srt", "srt", "copy"), "webm": ("subs.vtt", "webvtt", "copy")}
+_BURN_SUBS = "subs.ass"
+
+# Whisper's language codes -> ISO 639-2/T, the three letters MP4 and Matroska tag tracks with.
+WHISPER_TO_ISO639_2: dict[str, str] = {
+    "en": "eng", "zh": "zho", "de": "deu", "es": "spa", "ru": "rus", "ko": "kor", "fr": "fra", "ja": "jpn",
+    "pt": "por", "tr": "tur", "pl": "pol", "ca": "cat", "nl": "nld", "ar": "ara", "sv": "swe", "it": "ita",
+    "id": "ind", "hi": "hin", "fi": "fin", "vi": "vie", "he": "heb", "uk": "ukr", "el": "ell", "ms": "msa",
+    "cs": "ces", "ro": "ron", "da": "dan", "hu": "hun", "ta": "tam", "no": "nor", "th": "tha", "ur": "urd",
+    "hr": "hrv", "bg": "bul", "lt": "lit", "la": "lat", "mi": "mri", "ml": "mal", "cy": "cym", "sk": "slk",
+    "te": "tel", "fa": "fas", "lv": "lav", "bn": "ben", "sr": "srp", "az": "aze", "sl": "slv", "kn": "kan",
+    "et": "est", "mk": "mkd", "br": "bre", "eu": "eus", "is": "isl", "hy": "hye", "ne": "nep", "mn": "mon",
+    "bs": "bos", "kk": "kaz", "sq": "sqi", "sw": "swa", "gl": "glg", "mr": "mar", "pa": "pan", "si": "sin",
+    "km": "khm", "sn": "sna", "yo": "yor", "so": "som", "af": "afr", "oc": "oci", "ka": "kat", "be": "bel",
+    "tg": "tgk", "sd": "snd", "gu": "guj", "am": "amh", "yi": "yid", "lo": "lao", "uz": "uzb", "fo": "fao",
+    "ht": "hat", "ps": "pus", "tk": "tuk", "nn": "nno", "mt": "mlt", "sa": "san", "lb": "ltz", "my": "mya",
+    "bo": "bod", "tl": "tgl", "mg": "mlg", "as": "asm", "tt": "tat", "haw": "haw", "ln": "lin", "ha": "hau",
+    "ba": "bak", "jw": "jav", "jv": "jav", "su": "sun", "yue": "yue",
+}  # fmt: skip
+
+
+class ExportOptionError(ValueError):
+    """A bad export request; maps to HTTP 422 with the field named."""
+
+    status = 422
+    code = "invalid_export_option"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = f"Export option '{field}' is invalid: {message}"
+
+
+def iso639_2(language: str | None) -> str:
+    """Whisper's code (``en``) as a track language tag (``eng``); ``und`` when unknown."""
+    if not language:
+        return "und"
+    code = language.strip().lower()
+    if code in WHISPER_TO_ISO639_2:
+        return WHISPER_TO_ISO639_2[code]
+    return code if re.fullmatch(r"[a-z]{3}", code) else "und"
+
+
+# -- options -----------------------------------------------------------------
+
+_COLOUR = re.compile(r"#([0-9a-fA-F]{6})([0-9a-fA-F]{2})?")
+
+
+def _parse_colour(field_name: str, value: Any) -> pysubs2.Color:
+    if not isinstance(value, str) or not _COLOUR.fullmatch(value):
+        raise ExportOptionError(field_name, f"expected a colour like \"#FFFFFF\" or \"#FFFFFF80\", got {value!r}")
+    rgb, alpha = _COLOUR.fullmatch(value).groups()  # type: ignore[union-attr]
+    r, g, b = (int(rgb[i : i + 2], 16) for i in (0, 2, 4))
+    opacity = int(alpha, 16) if alpha else 255
+    return pysubs2.Color(r, g, b, 255 - opacity)  # ASS alpha is transparency, CSS alpha opacity
+
+
+def _number(field_name: str, value: Any, lo: float, hi: float, *, integer: bool) -> Any:
+    # bool is an int in Python; true/false is never a size.
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not lo <= value <= hi:
+        kind = "a whole number" if integer else "a number"
+        raise ExportOptionError(field_name, f"expected {kind} from {lo:g} to {hi:g}, got {value!r}")
+    return value
+
+
+def _choice(field_name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ExportOptionError(field_name, f"expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _check_keys(prefix: str, d: Any, allowed: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ExportOptionError(prefix.rstrip(".") or "body", "expected a JSON object")
+    for key in d:
+        if key not in allowed:
+            raise ExportOptionError(f"{prefix}{key}", f"unknown option; known ones are {', '.join(allowed)}")
+    return d
+
+
+@dataclass(frozen=True)
+class ExportStyle:
+    font: str = "DejaVu Sans"
+    size: int = 48  # in 1/1080 of the frame height, whatever the resolution
+    primary_colour: str = "#FFFFFF"
+    outline_colour: str = "#000000"
+    outline_width: float = 3  # same units as size
+    position: Literal["bottom", "top"] = "bottom"
+    margin: int = 40  # from the bottom (or top) edge, same units as size
+    max_chars_per_line: int = 42
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExportStyle:
+        d = _check_keys("style.", d, [f.name for f in cls.__dataclass_fields__.values()])
+        font = d.get("font", cls.font)
+        # The font name lands in a comma-separated ASS style line: keep it to plain names.
+        if not isinstance(font, str) or not re.fullmatch(r"[\w .\-]{1,64}", font) or not font.strip():
+            raise ExportOptionError("style.font", f"expected a font family name (letters, digits, spaces, . - _), got {font!r}")
+        style = cls(
+            font=font.strip(),
+            size=_number("style.size", d.get("size", cls.size), 8, 200, integer=True),
+            primary_colour=d.get("primary_colour", cls.primary_colour),
+            outline_colour=d.get("outline_colour", cls.outline_colour),
+            outline_width=float(_number("style.outline_width", d.get("outline_width", cls.outline_width), 0, 20, integer=False)),
+            position=_choice("style.position", d.get("position", cls.position), ("bottom", "top")),  # type: ignore[arg-type]
+            margin=_number("style.margin", d.get("margin", cls.margin), 0, 500, integer=True),
+            max_chars_per_line=_number("style.max_chars_per_line", d.get("max_chars_per_line", cls.max_chars_per_line), 10, 200, integer=True),
+        )
+        _parse_colour("style.primary_colour", style.primary_colour)
+        _parse_colour("style.outline_colour", style.outline_colour)
+        return style
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    mode: Mode
+    container: Container = "mp4"
+    style: ExportStyle = field(default_factory=ExportStyle)
+    crf: int = 23
+    preset: str = "veryfast"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, default_crf: int = 23, default_preset: str = "veryfast") -> ExportOptions:
+        """Validate a request body; ``default_*`` come from the ``[ffmpeg]`` config."""
+        d = _check_keys("", d, ("mode", "container", "style", "crf", "preset"))
+        if "mode" not in d:
+            raise ExportOptionError("mode", "missing; use \"burn\" (draw on the picture) or \"soft\" (a subtitle track)")
+        return cls(
+            mode=_choice("mode", d["mode"], MODES),  # type: ignore[arg-type]
+            container=_choice("container", d.get("container", "mp4"), CONTAINERS),  # type: ignore[arg-type]
+            style=ExportStyle.from_dict({} if d.get("style") is None else d["style"]),
+            crf=_number("crf", d.get("crf", default_crf), 0, 51, integer=True),
+            preset=_choice("preset", d.get("preset", default_preset), PRESETS),
+        )
+
+
+# -- subtitle text -------------------------------------------------------------
+
+
+def _split_long(word: str, max_chars: int) -> list[str]:
+    # Text without spaces (Chinese, Japanese, Thai, URLs) still has to fit a line.
+    return [word[i : i + max_chars] for i in range(0, len(word), max_chars)] or [""]
+
+
+def wrap_text(text: str, max_chars: int) -> str:
+    """Break ``text`` into lines of at most ``max_chars``; two lines come out balanced."""
+    words = [piece for w in text.split() for piece in _split_long(w, max_chars)]
+    if not words:
+        return ""
+    one = " ".join(words)
+    if len(one) <= max_chars:
+        return one
+    lines: list[list[str]] = [[]]
+    for w in words:  # greedy first, to learn how many lines are needed
+        if lines[-1] and len(" ".join([*lines[-1], w])) > max_chars:
+            lines.append([])
+        lines[-1].append(w)
+    if len(lines) == 2:
+        # Two lines of 30 and 12 characters read worse than 21 and 21: pick the most even split.
+        splits = [(" ".join(words[:i]), " ".join(words[i:])) for i in range(1, len(words))]
+        fitting = [s for s in splits if len(s[0]) <= max_chars and len(s[1]) <= max_chars]
+        top, bottom = min(fitting, key=lambda s: (max(len(s[0]), len(s[1])), len(s[0])))
+        return f"{top}\n{bottom}"
+    return "\n".join(" ".join(line) for line in lines)
+
+
+def _ass_escape(text: str) -> str:
+    # A transcript is plain text, never ASS markup: "{\an8}" or "\N" typed by a user
+    # must show as typed. libass reads \{ and \} as literal braces; a word joiner
+    # (invisible) after a backslash keeps "\N", "\h" and friends from being commands.
+    return text.replace("\\", "\\\u2060").replace("{", "\\{").replace("}", "\\}").replace("\n", "\\N")
+
+
+def _play_res(width: int | None, height: int | None) -> tuple[int, int]:
+    if width and height:
+        return max(1, round(PLAY_RES_Y * width / height)), PLAY_RES_Y
+    return round(PLAY_RES_Y * 16 / 9), PLAY_RES_Y
+
+
+def _cues(segments: Sequence[Segment]) -> list[Segment]:
+    return sorted((s for s in segments if s.text.strip() and s.end > s.start), key=lambda s: (s.start, s.end))
+
+
+def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | None, height: int | None) -> str:
+    """An ASS script whose sizes are relative to a 1080-line frame, so they scale with the video."""
+    subs = pysubs2.SSAFile()
+    play_x, play_y = _play_res(width, height)
+    subs.info.update(
+        {
+            "PlayResX": str(play_x),
+            "PlayResY": str(play_y),
+            "ScaledBorderAndShadow": "yes",  # outline in PlayRes units too
+            "WrapStyle": "0",  # libass still wraps a line we left too wide for the frame
+        }
+    )
+    subs.styles["Default"] = pysubs2.SSAStyle(
+        fontname=style.font,
+        fontsize=style.size,
+        primarycolor=_parse_colour("style.primary_colour", style.primary_colour),
+        outlinecolor=_parse_colour("style.outline_colour", style.outline_colour),
+        backcolor=pysubs2.Color(0, 0, 0, 128),
+        outline=style.outline_width,
+        shadow=0,
+        borderstyle=1,
+        alignment=pysubs2.Alignment.BOTTOM_CENTER if style.position == "bottom" else pysubs2.Alignment.TOP_CENTER,
+        marginl=round(play_x * 0.05),
+        marginr=round(play_x * 0.05),
+        marginv=style.margin,
+    )
+    for seg in _cues(segments):
+        subs.events.append(
+            pysubs2.SSAEvent(
+                start=round(seg.start * 1000),
+                end=round(seg.end * 1000),
+                style="Default",
+                text=_ass_escape(wrap_text(seg.text, style.max_chars_per_line)),
+            )
+        )
+    return subs.to_string("ass")
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
+
+
+def _srt_escape(line: str) -> str:
+    # SRT has no escapes, but ffmpeg and players read <b>, {\an8} and \N as markup.
+    return line.replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
+
+
+def _vtt_escape(line: str) -> str:
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def build_text_subs(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], max_chars: int) -> str:
+    """SRT or WebVTT for a soft track: plain text, wrapped, markup characters neutralised.
+
+    Written here rather than by pysubs2, whose SRT/VTT writers pass ``<b>``, ``&`` and
+    ``{...}`` through (and strip the last), so a transcript would turn into markup.
+    """
+    out = ["WEBVTT", ""] if fmt == "vtt" else []
+    sep = "." if fmt == "vtt" else ","
+    escape = _vtt_escape if fmt == "vtt" else _srt_escape
+    for n, seg in enumerate(_cues(segments), start=1):
+        lines = [escape(line) for line in wrap_text(seg.text, max_chars).split("\n")]
+        out += [str(n), f"{_timestamp(seg.start, sep)} --> {_timestamp(seg.end, sep)}", *lines, ""]
+    return "\n".join(out) + "\n"
+
+
+# -- names -----------------------------------------------------------------------
+
+
+def escape_filter_path(path: str) -> str:
+    """Quote a path for a filter option value inside an ``-vf`` graph (ffmpeg's two escaping levels).
+
+    Level one is the option value (``\\ ' :`` are special), level two the filter graph
+    (``\\ ' [ ] , ;``); see "Notes on filtergraph escaping" in ffmpeg-filters(1).
+    No shell is involved, so there is no third level.
+    """
+    value = re.sub(r"([\\':])", r"\\\1", path)
+    return re.sub(r"([\\'\[\],;])", r"\\\1", value)
+
+
+def output_name(original_filename: str, mode: str, container: str) -> str:
+    """A download name such as ``talk_subtitled.mp4``: no path, no control or reserved characters."""
+    base = re.split(r"[\\/]", original_filename or "")[-1]
+    stem = os.path.splitext(base)[0] if "." in base.lstrip(".") else base
+    stem = unicodedata.normalize("NFC", stem)
+    stem = "".join(ch if (ch.isalnum() or ch in " -_.()") else "_" for ch in stem)
+    stem = re.sub(r"[_ ]{2,}", "_", stem).strip(" ._")[:100].strip(" ._") or "media"
+    suffix = "subtitled" if mode == "burn" else "subs"
+    return f"{stem}_{suffix}.{container}"
+
+
+# -- rendering -----------------------------------------------------------------
+
+
+def _audio_args(media: MediaInfo, container: str) -> list[str]:
+    if not media.has_audio:
+        return []
+    allowed = _COPY_AUDIO[container]
+    if allowed is None or media.audio_codec in allowed:
+        return ["-c:a", "copy"]
+    if container == "webm":
+        return ["-c:a", "libopus", "-b:a", "128k"]
+    return ["-c:a", "aac", "-b:a", "160k"]
+
+
+def _video_encode_args(container: str, options: ExportOptions) -> list[str]:
+    if container == "webm":
+        # VP9's CRF scale runs to 63; map x264's 0..51 onto it. Realtime settings keep
+        # VP9 within a few times the cost of x264 veryfast instead of tens of times.
+        crf = round(options.crf * 63 / 51)
+        return ["-c:v", "libvpx-vp9", "-crf", str(crf), "-b:v", "0", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-pix_fmt", "yuv420p"]  # fmt: skip
+    return ["-c:v", "libx264", "-crf", str(options.crf), "-preset", options.preset, "-pix_fmt", "yuv420p"]
+
+
+def _burn_args(media: MediaInfo, options: ExportOptions, ass_path: Path, source: Path, tmp: Path) -> list[str]:
+    vf = f"subtitles=filename={escape_filter_path(str(ass_path))}"
+    if (media.width or 0) % 2 or (media.height or 0) % 2:
+        vf += ",scale=trunc(iw/2)*2:trunc(ih/2)*2"  # yuv420p needs even sizes
+    args = ["-i", file_url(source), "-map", "0:V:0"]
+    if media.has_audio:
+        args += ["-map", "0:a:0"]
+    args += ["-vf", vf, *_video_encode_args(options.container, options), *_audio_args(media, options.container)]
+    return args + _container_args(options.container, tmp)
+
+
+def _soft_args(media: MediaInfo, options: ExportOptions, sub_path: Path, sub_format: str, sub_codec: str, language: str | None, source: Path, tmp: Path) -> list[str]:  # fmt: skip
+    args = ["-i", file_url(source), "-f", sub_format, "-i", file_url(sub_path)]
+    if media.has_video:
+        args += ["-map", "0:V:0"]  # V: a real picture, never mp3 cover art
+    if media.has_audio:
+        args += ["-map", "0:a:0"]
+    args += ["-map", "1:0"]
+    if media.has_video:
+        allowed = _COPY_VIDEO[options.container]
+        if allowed is None or media.video_codec in allowed:
+            args += ["-c:v", "copy"]
+        else:
+            args += _video_encode_args(options.container, options)
+    args += _audio_args(media, options.container)
+    args += ["-c:s", sub_codec, "-metadata:s:s:0", f"language={iso639_2(language)}", "-disposition:s:0", "default"]
+    return args + _container_args(options.container, tmp)
+
+
+def _container_args(container: str, tmp: Path) -> list[str]:
+    extra = ["-movflags", "+faststart"] if container == "mp4" else []  # playable while downloading
+    return [*extra, "-f", _MUXER[container], file_url(tmp)]
+
+
+async def render_export(
+    pool: FfmpegPool,
+    *,
+    source: Path,
+    media: MediaInfo,
+    segments: Sequence[Segment],
+    options: ExportOptions,
+    language: str | None,
+    work_dir: Path,
+    dest: Path,
+    on_progress: Callable[[float], None] | None = None,
+) -> None:
+    """Render ``source`` with ``segments`` to ``dest`` (complete or absent, never partial).
+
+    ``work_dir`` must belong to this export alone (the subtitle files in it have fixed
+    names). Raises :class:`ExportOptionError` before starting ffmpeg for impossible
+    requests, :class:`~app.ffmpeg.FfmpegError` (or its ``FfmpegTimeout``/``DiskFull``)
+    when ffmpeg fails.
+    """
+    if options.mode == "burn" and not media.has_video:
+        raise ExportOptionError("mode", "burn needs a video stream; this file is audio only, use \"soft\" instead")
+    if options.mode == "soft" and not _cues(segments):
+        raise ExportOptionError("mode", "the transcript has no text to put in a subtitle track; edit it or use \"burn\"")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    written: list[Path] = []
+    try:
+        if options.mode == "burn":
+            sub_path = work_dir / _BURN_SUBS
+            sub_path.write_text(build_ass(segments, options.style, width=media.width, height=media.height), encoding="utf-8")
+            written.append(sub_path)
+            args = _burn_args(media, options, sub_path.resolve(), source, tmp)
+        else:
+            name, sub_format, sub_codec = _SOFT_SUBS[options.container]
+            sub_path = work_dir / name
+            text_format: Literal["srt", "vtt"] = "srt" if sub_format == "srt" else "vtt"
+            sub_path.write_text(build_text_subs(segments, text_format, options.style.max_chars_per_line), encoding="utf-8")
+            written.append(sub_path)
+            args = _soft_args(media, options, sub_path, sub_format, sub_codec, language, source, tmp)
+        report = fraction_reporter(media.duration_s, on_progress) if on_progress is not None else None
+        await pool.run(args, on_progress=report)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,542 @@
+"""The model-thread side of the Whisper engine: the only code that touches CTranslate2.
+
+A :class:`WhisperRunner` turns a list of windows (from any number of jobs) into one
+batched ``encode``, at most one batched ``detect_language``, one ``generate`` per
+(temperature, beam size) group and one ``align`` per (language, task) group. Every
+row keeps its own prompt (language, task, initial prompt), so windows of different
+jobs share a batch without sharing decoding choices.
+
+faster-whisper's ``WhisperModel`` is used only to load the model, the tokenizer and
+the feature extractor, and for its segmenting, prompting and word-timing helpers;
+its ``transcribe`` loop (one file at a time) is not used.
+
+Threading: :meth:`WhisperRunner.prepare` runs in CPU threads ahead of the model;
+:meth:`WhisperRunner.run` runs in the single model thread. Neither touches the
+event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from batching.types import (
+    WINDOW_SAMPLES,
+    Segment,
+    WindowRequest,
+    WindowResult,
+    Word,
+)
+
+# Decoding constants that faster-whisper exposes per call and that the product
+# does not: they stay at faster-whisper's defaults.
+BEST_OF = 5  # candidates sampled per window at temperature > 0
+MAX_LENGTH = 448  # Whisper's text context, prompt included
+MAX_INITIAL_TIMESTAMP_INDEX = 50  # first timestamp at most 1.0 s into the window
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+N_FRAMES = 3000  # mel frames in a 30 s window: the encoder's fixed input length
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # what the operator named: a local CTranslate2 folder or a model name
+    device: str  # "cpu" or "cuda", after "auto" is resolved
+    compute_type: str  # after "default" is resolved
+    multilingual: bool
+    n_mels: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one temperature produced for one window, with the numbers used to judge it."""
+
+    result: WindowResult
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The window failed the compression-ratio or log-prob check at this temperature.
+
+    ``retry`` is True when a warmer temperature is left: the caller submits the
+    window again with ``temperature_index + 1``. When it is False every temperature
+    has been tried and the caller picks the best attempt (:func:`best_attempt`).
+    """
+
+    attempt: Attempt
+    retry: bool
+
+
+@dataclass
+class PreparedBatch:
+    """What ``prepare`` hands to ``run``: mel features for the rows that could be read."""
+
+    features: np.ndarray  # float32 [rows that could be read, n_mels, 3000]
+    rows: list[int]  # index into the window list of each feature row
+    errors: dict[int, BaseException] = field(default_factory=dict)  # unreadable windows
+
+
+def best_attempt(
+    attempts: Sequence[Attempt], compression_ratio_threshold: float | None
+) -> Attempt:
+    """faster-whisper's pick once every temperature failed: the most likely attempt,
+    preferring those that were not too repetitive."""
+    if not attempts:
+        raise ValueError("best_attempt needs at least one attempt")
+    if compression_ratio_threshold is None:
+        below = list(attempts)
+    else:
+        below = [a for a in attempts if a.compression_ratio <= compression_ratio_threshold]
+    return max(below or attempts, key=lambda a: a.avg_logprob)
+
+
+def resolve_compute_type(device: str, compute_type: str) -> str:
+    if compute_type != "default":
+        return compute_type
+    return "float16" if device == "cuda" else "int8"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+class _AlignedRow:
+    """Stands in for ``WhisperModel`` inside ``WhisperModel.add_word_timestamps``.
+
+    faster-whisper's word-timing heuristics carry ``last_speech_timestamp`` from one
+    row of a batch to the next, which would let one job's window change another
+    job's word times. We align the whole batch in one ``align`` call, then run the
+    heuristics one row at a time through this object, which hands back that row's
+    precomputed alignment instead of calling the model again.
+    """
+
+    def __init__(self, frames_per_second: int, alignment: list[dict]) -> None:
+        self.frames_per_second = frames_per_second
+        self._alignment = alignment
+
+    def find_alignment(self, *_args: Any, **_kwargs: Any) -> list[list[dict]]:
+        return [self._alignment]
+
+
+class WhisperRunner:
+    """Loads one Whisper model and decodes batches of windows on it (blocking calls)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        compute_type: str = "default",
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+    ) -> None:
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        self.model_name = str(model)
+        self.device = device
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.num_workers = num_workers
+        self._wm: Any = None  # faster_whisper.WhisperModel once loaded
+        self._info: ModelInfo | None = None
+        self._tokenizers: dict[tuple[str, str], Any] = {}
+        self._prompt_tokens: dict[str, list[int]] = {}
+        self._suppress: list[int] = []
+
+    # -- loading ---------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the model (seconds; call it from a thread, never the event loop)."""
+        if self._wm is not None:
+            return
+        from faster_whisper import WhisperModel
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        device = resolve_device(self.device)
+        compute_type = resolve_compute_type(device, self.compute_type)
+        wm = WhisperModel(
+            self.model_name,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=self.cpu_threads,
+            num_workers=self.num_workers,
+        )
+        self._wm = wm
+        model = wm.model
+        self._info = ModelInfo(
+            name=self.model_name,
+            device=model.device,
+            compute_type=model.compute_type,
+            multilingual=bool(model.is_multilingual),
+            n_mels=int(model.n_mels),
+        )
+        # The suppressed set depends only on token ids, not on language or task.
+        self._suppress = list(get_suppressed_tokens(self._tokenizer("en", "transcribe"), [-1]))
+
+    @property
+    def loaded(self) -> bool:
+        return self._wm is not None
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the model is not loaded yet; call load() first")
+        return self._info
+
+    def _tokenizer(self, language: str, task: str) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        key = (language, task)
+        tok = self._tokenizers.get(key)
+        if tok is None:
+            multilingual = self._wm.model.is_multilingual
+            tok = Tokenizer(self._wm.hf_tokenizer, multilingual, task=task, language=language)
+            self._tokenizers[key] = tok
+        return tok
+
+    # -- prepare (CPU threads) -------------------------------------------------
+
+    def prepare(self, windows: list[WindowRequest]) -> PreparedBatch:
+        """Read each window's audio and compute its log-mel features, padded to 30 s.
+
+        Features are computed on the window's own samples and then zero-padded to
+        3000 frames, as faster-whisper does for the last window of a file, so a
+        window decodes the same here as it would there.
+        """
+        if self._wm is None:
+            raise RuntimeError("the model is not loaded yet; call load() first")
+        fe = self._wm.feature_extractor
+        feats: list[np.ndarray] = []
+        rows: list[int] = []
+        errors: dict[int, BaseException] = {}
+        for i, window in enumerate(windows):
+            try:
+                audio = window.audio.read()[:WINDOW_SAMPLES]
+                if audio.size == 0:
+                    audio = np.zeros(fe.hop_length, dtype=np.float32)
+                mel = fe(audio)[:, :-1]  # the extractor adds one frame of padding
+                padded = np.zeros((mel.shape[0], N_FRAMES), dtype=np.float32)
+                padded[:, : min(N_FRAMES, mel.shape[1])] = mel[:, :N_FRAMES]
+                feats.append(padded)
+                rows.append(i)
+            except Exception as exc:  # one unreadable file fails only its window
+                errors[i] = exc
+        n_mels = self.info.n_mels
+        stacked = (
+            np.stack(feats) if feats else np.zeros((0, n_mels, N_FRAMES), dtype=np.float32)
+        )
+        return PreparedBatch(features=stacked, rows=rows, errors=errors)
+
+    # -- run (the model thread) ------------------------------------------------
+
+    def run(
+        self, windows: list[WindowRequest], prepared: PreparedBatch | None = None
+    ) -> list[WindowResult | Fallback | BaseException]:
+        """Decode a batch. Model errors raise (the batcher decides: split on OOM or
+        fail the batch); a problem with one row comes back as that row's exception."""
+        if prepared is None:
+            prepared = self.prepare(windows)
+        out: list[WindowResult | Fallback | BaseException | None] = [None] * len(windows)
+        for i, exc in prepared.errors.items():
+            out[i] = exc
+        rows = prepared.rows
+        if rows:
+            for i, value in zip(rows, self._run_rows([windows[i] for i in rows], prepared.features)):
+                out[i] = value
+        return [v if v is not None else RuntimeError("window was not decoded") for v in out]
+
+    def _run_rows(
+        self, windows: list[WindowRequest], features: np.ndarray
+    ) -> list[WindowResult | Fallback | BaseException]:
+        import ctranslate2
+
+        model = self._wm.model
+        n = len(windows)
+        # Generate groups and word-timing groups need rows sliced out of the
+        # encoder output, which goes through numpy and so host memory. On CPU that
+        # is free; on CUDA ask for a host copy up front when the batch looks mixed.
+        mixed = len({(w.options.initial_prompt, w.options.temperatures, w.temperature_index,
+                      w.options.beam_size) for w in windows}) > 1  # fmt: skip
+        mixed = mixed or any(w.options.word_timestamps for w in windows)
+        to_cpu = model.device == "cuda" and mixed
+        encoded = model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=to_cpu
+        )
+        host: list[np.ndarray] = []
+
+        def subset(idx: list[int]) -> Any:
+            if len(idx) == n:
+                return encoded
+            if model.device == "cuda" and not to_cpu:
+                # Rare (a group split we did not foresee): encode those rows again.
+                return model.encode(
+                    ctranslate2.StorageView.from_array(np.ascontiguousarray(features[idx]))
+                )
+            if not host:
+                host.append(np.asarray(encoded))
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(host[0][idx]))
+
+        languages = self._languages(windows, encoded)
+        groups = self._generate_groups(windows, languages)
+
+        decoded: list[dict[str, Any] | None] = [None] * n
+        for (temperature, beam_size, _), members in groups.items():
+            idx = [i for i, _ in members]
+            prompts = [p for _, p in members]
+            if temperature > 0:
+                kwargs: dict[str, Any] = dict(
+                    beam_size=1,
+                    num_hypotheses=BEST_OF,
+                    sampling_topk=0,
+                    sampling_temperature=temperature,
+                )
+            else:
+                kwargs = dict(beam_size=beam_size, patience=1.0)
+            results = model.generate(
+                subset(idx),
+                prompts,
+                max_length=MAX_LENGTH,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=self._suppress,
+                max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
+                **kwargs,
+            )
+            for i, res in zip(idx, results):
+                tokens = list(res.sequences_ids[0])
+                # Recover the average log prob from the length-normalised score,
+                # exactly as faster-whisper does (length_penalty = 1).
+                avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1)
+                decoded[i] = dict(
+                    tokens=tokens,
+                    avg_logprob=float(avg_logprob),
+                    no_speech_prob=float(res.no_speech_prob),
+                    temperature=temperature,
+                )
+
+        out: list[WindowResult | Fallback | BaseException] = [
+            RuntimeError("window was not decoded") for _ in range(n)
+        ]
+        segments: list[list[dict] | None] = [None] * n
+        for i, window in enumerate(windows):
+            try:
+                segments[i] = self._segments(window, decoded[i], languages[i][0])
+            except Exception as exc:
+                out[i] = exc
+        for i, exc in self._add_words(windows, segments, languages, subset).items():
+            out[i], segments[i] = exc, None
+        for i, window in enumerate(windows):
+            if segments[i] is None:
+                continue
+            try:
+                out[i] = self._finish(window, decoded[i], segments[i], languages[i])
+            except Exception as exc:
+                out[i] = exc
+        return out
+
+    def _generate_groups(
+        self, windows: list[WindowRequest], languages: list[tuple[str, float]]
+    ) -> dict[tuple[float, int, int], list[tuple[int, list[int]]]]:
+        """Rows that can share one ``generate`` call, with each row's own prompt.
+
+        CTranslate2 takes one temperature and one beam size per call, and wants
+        <|startoftranscript|> at the same position in every prompt, so rows are
+        grouped by (temperature, beam size, length of the initial-prompt context).
+        Windows without an initial prompt, the common case, all share a group.
+        """
+        groups: dict[tuple[float, int, int], list[tuple[int, list[int]]]] = {}
+        for i, w in enumerate(windows):
+            temps = w.options.temperatures or (0.0,)
+            t = float(temps[min(w.temperature_index, len(temps) - 1)])
+            beam = 1 if t > 0 else max(1, w.options.beam_size)
+            prompt = self._prompt(w, languages[i][0])
+            sot_at = prompt.index(self._tokenizer(languages[i][0], w.options.task).sot)
+            groups.setdefault((t, beam, sot_at), []).append((i, prompt))
+        return groups
+
+    def _languages(self, windows: list[WindowRequest], encoded: Any) -> list[tuple[str, float]]:
+        multilingual = self._wm.model.is_multilingual
+        langs: list[tuple[str, float] | None] = []
+        for w in windows:
+            lang = w.options.language
+            if lang in (None, "", "auto"):
+                langs.append(None if multilingual else ("en", 1.0))
+            else:
+                # An English-only model can only write English, whatever was asked.
+                langs.append((lang, 1.0) if multilingual else ("en", 1.0))
+        if any(x is None for x in langs):
+            # One call for the batch: it is a single decoder step per row, cheaper
+            # than slicing the encoder output down to the rows that need it.
+            detected = self._wm.model.detect_language(encoded)
+            for i, x in enumerate(langs):
+                if x is None:
+                    token, prob = detected[i][0]
+                    langs[i] = (token[2:-2], float(prob))
+        return [x for x in langs if x is not None]
+
+    def _prompt(self, window: WindowRequest, language: str) -> list[int]:
+        tok = self._tokenizer(language, window.options.task)
+        previous: list[int] = []
+        text = window.options.initial_prompt
+        if text:
+            previous = self._prompt_tokens.get(text) or []
+            if not previous:
+                previous = tok.encode(" " + text.strip())
+                self._prompt_tokens[text] = previous
+        return self._wm.get_prompt(tok, previous, without_timestamps=False)
+
+    def _segments(
+        self, window: WindowRequest, dec: dict[str, Any] | None, language: str
+    ) -> list[dict]:
+        if dec is None:
+            raise RuntimeError("window was not decoded")
+        opts = window.options
+        if (
+            opts.no_speech_threshold is not None
+            and dec["no_speech_prob"] > opts.no_speech_threshold
+            and not (
+                opts.log_prob_threshold is not None
+                and dec["avg_logprob"] > opts.log_prob_threshold
+            )
+        ):
+            return []  # silence: the model is confident nobody speaks here
+        tok = self._tokenizer(language, opts.task)
+        fps = self._wm.frames_per_second
+        subsegments, _, _ = self._wm._split_segments_by_timestamps(
+            tokenizer=tok,
+            tokens=dec["tokens"],
+            time_offset=window.offset,
+            segment_size=min(N_FRAMES, math.ceil(window.duration * fps)),
+            segment_duration=window.duration,
+            seek=0,
+        )
+        kept = []
+        for sub in subsegments:
+            text = tok.decode(sub["tokens"])
+            if sub["start"] == sub["end"] or not text.strip():
+                continue
+            # add_word_timestamps reads the window start from "seek" (in frames).
+            kept.append(dict(sub, text=text, seek=window.offset * fps))
+        return kept
+
+    def _add_words(
+        self,
+        windows: list[WindowRequest],
+        segments: list[list[dict] | None],
+        languages: list[tuple[str, float]],
+        subset: Any,
+    ) -> dict[int, BaseException]:
+        from faster_whisper import WhisperModel
+
+        errors: dict[int, BaseException] = {}
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, w in enumerate(windows):
+            if w.options.word_timestamps and segments[i]:
+                groups.setdefault((languages[i][0], w.options.task), []).append(i)
+        fps = self._wm.frames_per_second
+        for (language, task), idx in groups.items():
+            tok = self._tokenizer(language, task)
+            text_tokens = [
+                [t for seg in segments[i] for t in seg["tokens"] if t < tok.eot] for i in idx
+            ]
+            num_frames = [min(N_FRAMES, math.ceil(windows[i].duration * fps)) for i in idx]
+            # One align call per (language, task): its start sequence is shared.
+            alignments = self._wm.find_alignment(tok, text_tokens, subset(idx), num_frames)
+            for i, alignment in zip(idx, alignments):
+                try:
+                    WhisperModel.add_word_timestamps(
+                        _AlignedRow(fps, alignment),  # type: ignore[arg-type]
+                        [segments[i]],
+                        tok,
+                        None,
+                        0,
+                        PREPEND_PUNCTUATIONS,
+                        APPEND_PUNCTUATIONS,
+                        windows[i].offset,  # speech before this window is unknown
+                    )
+                except Exception as exc:  # a word-timing failure fails only its window
+                    errors[i] = exc
+        return errors
+
+    def _finish(
+        self,
+        window: WindowRequest,
+        dec: dict[str, Any] | None,
+        segs: list[dict],
+        language: tuple[str, float],
+    ) -> WindowResult | Fallback:
+        from faster_whisper.transcribe import get_compression_ratio
+
+        assert dec is not None
+        opts = window.options
+        start_bound = window.offset
+        end_bound = window.offset + window.duration
+        out_segments = []
+        for seg in segs:
+            end = float(min(max(seg["end"], start_bound), end_bound))
+            start = float(min(max(seg["start"], start_bound), end))
+            words = None
+            if opts.word_timestamps:
+                words = tuple(
+                    Word(
+                        start=round(ws, 3),
+                        end=round(max(ws, we), 3),
+                        word=wd["word"],
+                        probability=float(wd["probability"]),
+                    )
+                    for wd in seg.get("words", [])
+                    for ws, we in [(
+                        float(min(max(wd["start"], start), end)),
+                        float(min(max(wd["end"], start), end)),
+                    )]
+                )
+            out_segments.append(
+                Segment(
+                    start=round(start, 3),
+                    end=round(end, 3),
+                    text=seg["text"],
+                    words=words,
+                    avg_logprob=dec["avg_logprob"],
+                    no_speech_prob=dec["no_speech_prob"],
+                )
+            )
+        result = WindowResult(
+            segments=tuple(out_segments), language=language[0], language_probability=language[1]
+        )
+        tok = self._tokenizer(language[0], opts.task)
+        compression_ratio = get_compression_ratio(tok.decode(dec["tokens"]).strip())
+        needs_fallback = (
+            opts.compression_ratio_threshold is not None
+            and compression_ratio > opts.compression_ratio_threshold
+        ) or (
+            opts.log_prob_threshold is not None and dec["avg_logprob"] < opts.log_prob_threshold
+        )
+        silent = (
+            opts.no_speech_threshold is not None
+            and dec["no_speech_prob"] > opts.no_speech_threshold
+            and opts.log_prob_threshold is not None
+            and dec["avg_logprob"] < opts.log_prob_threshold
+        )
+        if not needs_fallback or silent:
+            return result
+        attempt = Attempt(
+            result=result,
+            temperature=dec["temperature"],
+            avg_logprob=dec["avg_logprob"],
+            compression_ratio=compression_ratio,
+            no_speech_prob=dec["no_speech_prob"],
+        )
+        retry = window.temperature_index + 1 < len(opts.temperatures)
+        return Fallback(attempt=attempt, retry=retry)
