@@ -1,0 +1,302 @@
+"""The web page at ``/``: its security headers, and the whole flow in a real Chromium.
+
+The browser tests run against a live server with the fake engine, so they take
+seconds; they skip (saying why) where Debian's chromium or playwright is absent.
+The flow test also refreshes the screenshots in ``docs/screenshots``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from app.web import STATIC_DIR
+from tests import browser
+from tests.conftest import REPO, LiveServer
+from tests.media import make_video_with_speech
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+TIMEOUT_MS = 20_000
+
+needs_browser = pytest.mark.skipif(browser.missing_reason() is not None, reason=str(browser.missing_reason()))
+
+
+# ---- without a browser -------------------------------------------------------------
+
+
+def test_page_and_static_files_carry_security_headers(make_server: Callable[..., LiveServer]) -> None:
+    live = make_server()
+    with live.client() as client:
+        for path in ("/", "/static/app.js", "/static/app.css"):
+            r = client.get(path)
+            assert r.status_code == 200, path
+            csp = r.headers["content-security-policy"]
+            directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+            assert directives["default-src"] == "'none'"
+            assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+            assert directives["frame-ancestors"] == "'none'"
+            assert "unsafe" not in csp
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["referrer-policy"] == "no-referrer"
+        assert client.get("/").headers["content-type"].startswith("text/html")
+        assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+        r = client.get("/static/nothing-here.js")
+        assert r.status_code == 404 and r.json()["error"]["code"]
+        assert client.get("/static/../api.py").status_code == 404
+
+
+def test_page_has_no_inline_script_or_style_and_nothing_remote() -> None:
+    html = (STATIC_DIR / "index.html").read_text("utf-8")
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline <script> would be blocked by the CSP"
+    assert not re.search(r"\s(style|on[a-z]+)=", html), "inline style/handler attributes would be blocked by the CSP"
+    assert "<style" not in html
+    for name in ("index.html", "app.js", "app.css"):
+        text = (STATIC_DIR / name).read_text("utf-8")
+        assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), f"{name} loads something from another site"
+
+
+# ---- in Chromium -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chrome() -> Iterator[Any]:
+    with browser.chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video_with_speech("hello from the browser test", tmp_path_factory.mktemp("web") / "talk.mp4")
+
+
+@pytest.fixture
+def page(chrome: Any) -> Iterator[Any]:
+    context = chrome.new_context(viewport=browser.DESKTOP, device_scale_factor=1, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    problems = browser.PageProblems(page)
+    yield page
+    context.close()
+    assert problems.messages == [], problems.messages
+
+
+def read_download(page: Any, click: Callable[[], None]) -> tuple[str, bytes]:
+    with page.expect_download() as info:
+        click()
+    download = info.value
+    return download.suggested_filename, Path(download.path()).read_bytes()
+
+
+@needs_browser
+def test_upload_watch_edit_export_download(make_server: Callable[..., LiveServer], page: Any, clip: Path) -> None:
+    from playwright.sync_api import expect
+
+    live = make_server()
+    page.goto(live.url + "/")
+    expect(page.get_by_role("heading", name="altyazi")).to_be_visible()
+
+    # Upload: the options travel with it and the job opens at once.
+    page.set_input_files("#file", str(clip))
+    expect(page.locator("#file-name")).to_contain_text("talk.mp4")
+    page.get_by_label("Language").select_option("en")
+    page.get_by_role("button", name="Upload and transcribe").click()
+    expect(page.locator("#job-title")).to_have_text("talk.mp4")
+
+    # The transcript arrives over the event stream; done shows the results.
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=60_000)
+    segments = page.locator("#segments li")
+    expect(segments.first).to_contain_text("window 0")
+    expect(segments.first.locator(".seg-time")).to_contain_text("00:00")
+    job_id = live.client().get("/v1/jobs").json()["jobs"][0]["id"]
+    assert page.evaluate("location.hash") == f"#job={job_id}"
+    expect(page.locator(f'#jobs li[data-job="{job_id}"]')).to_contain_text("done")
+    # The local file plays with the subtitles as a track, both from blob: URLs.
+    assert page.evaluate("document.getElementById('player').src").startswith("blob:")
+    page.wait_for_function("() => { const t = document.querySelector('#player track'); return t && t.src.startsWith('blob:'); }")
+
+    # A time the server refuses: its message is shown beside that segment, as written.
+    page.get_by_role("button", name="Edit").click()
+    page.get_by_label("End of segment 1").fill("0")
+    page.get_by_role("button", name="Save changes").click()
+    error = segments.first.locator(".seg-error")
+    expect(error).to_be_visible()
+    with live.client() as client:
+        start = client.get(f"/v1/jobs/{job_id}/transcript").json()["segments"][0]["start"]
+        expected = client.put(f"/v1/jobs/{job_id}/transcript", json={"segments": [{"start": start, "end": 0, "text": "x"}]}).json()["error"]["message"]
+    expect(error).to_have_text(expected)
+
+    # A good edit is saved and the export picks it up.
+    page.get_by_label("End of segment 1").fill("00:01.500")
+    page.get_by_label("Text of segment 1").fill("Edited in the browser")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#save-status")).to_contain_text("Saved")
+    expect(segments.first).to_contain_text("Edited in the browser")
+
+    page.get_by_label("Container").select_option("mkv")
+    page.get_by_role("button", name="Add subtitle track").click()
+    link = page.get_by_role("link", name=re.compile(r"^Download MKV"))
+    expect(link).to_be_visible(timeout=60_000)
+    name, data = read_download(page, link.click)
+    assert name == "talk_subs.mkv" and len(data) > 1000
+
+    name, data = read_download(page, page.get_by_role("button", name="SRT").click)
+    assert name == "talk.srt"
+    assert "Edited in the browser" in data.decode("utf-8")
+    assert "00:00:01,500" in data.decode("utf-8")
+
+    # Every form control has a name a screen reader can say.
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter(e => !e.closest('[hidden]'))
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+            .map(e => e.outerHTML)"""
+    )
+    assert unlabelled == []
+
+    # Clicking a segment seeks the player to it (and the caption shows there).
+    segments.first.get_by_role("button").click()
+    page.wait_for_function("() => document.getElementById('player').currentTime >= 0.17")
+    page.evaluate("() => { const p = document.getElementById('player'); p.pause(); p.currentTime = 0.9; }")
+    page.wait_for_function("() => { const c = document.querySelector('#player track').track.activeCues; return c && c.length > 0; }")
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement.blur()")
+
+    browser.save_screenshot(page, SCREENSHOTS / "desktop.png")
+    page.set_viewport_size(browser.PHONE)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, "the page scrolls sideways at phone width"
+    page.evaluate("document.getElementById('job').scrollIntoView()")
+    browser.save_screenshot(page, SCREENSHOTS / "phone.png", full_page=False)
+
+    # Reloaded, the page reopens the job from the address: the saved text and the
+    # export are there; the upload is not kept, so there is no player.
+    page.reload()
+    expect(page.locator("#job-status")).to_contain_text("Done")
+    expect(segments).to_have_count(1)
+    expect(segments.first).to_contain_text("Edited in the browser")
+    expect(page.locator("#no-player")).to_be_visible()
+    expect(page.locator("#player-box")).to_be_hidden()
+    expect(page.get_by_role("link", name=re.compile(r"^Download MKV"))).to_be_visible()
+    page.get_by_role("button", name="Close").click()
+    expect(page.locator("#job")).to_be_hidden()
+    page.get_by_role("button", name="Open talk.mp4").click()
+    expect(segments.first).to_contain_text("Edited in the browser")
+
+
+@needs_browser
+def test_queue_position_while_waiting(make_server: Callable[..., LiveServer], page: Any, clip: Path) -> None:
+    from playwright.sync_api import expect
+
+    from batching.fake_engine import FakeEngine
+
+    hold = asyncio.Event()
+    live = make_server(engine_factory=lambda c: (FakeEngine(hold=hold), True, "fake"), **{"limits.max_running_jobs": 1})
+    with live.client() as client, open(clip, "rb") as fh:
+        assert client.post("/v1/jobs", files={"file": ("first.mp4", fh)}).status_code == 202
+    page.goto(live.url + "/")
+    page.set_input_files("#file", str(clip))
+    page.get_by_role("button", name="Upload and transcribe").click()
+    expect(page.locator("#job-status")).to_have_text("Queued: next in line")
+    expect(page.locator("#job-progress")).to_be_visible()
+    live.extra["loop"].call_soon_threadsafe(hold.set)
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=30_000)
+    expect(page.locator("#segments li")).not_to_have_count(0)
+
+
+@needs_browser
+def test_stream_resumes_after_a_server_restart(
+    make_server: Callable[..., LiveServer], page: Any, clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page reconnects by itself, with Last-Event-ID, to the server that comes back on the same address."""
+    from playwright.sync_api import expect
+
+    import tests.conftest as conftest
+    from batching.fake_engine import FakeEngine
+
+    hold = asyncio.Event()
+    data_dir = tmp_path / "data"
+    first = make_server(engine_factory=lambda c: (FakeEngine(hold=hold), True, "fake"), data_dir=data_dir)
+    page.goto(first.url + "/")
+    page.evaluate("window.sameDocument = true")
+    page.set_input_files("#file", str(clip))
+    page.get_by_role("button", name="Upload and transcribe").click()
+    expect(page.locator("#job-status")).to_contain_text("Transcribing")
+
+    # The engine never answers; the server goes away mid-job and comes back on the same port.
+    first.stop()
+    port = int(first.url.rsplit(":", 1)[1])
+    monkeypatch.setattr(conftest, "free_port", lambda: port)
+    second = make_server(data_dir=data_dir)
+    assert second.url == first.url
+
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=30_000)
+    assert page.evaluate("window.sameDocument") is True
+    with second.client() as client:
+        job_id = client.get("/v1/jobs").json()["jobs"][0]["id"]
+        texts = [s["text"] for s in client.get(f"/v1/jobs/{job_id}/transcript").json()["segments"]]
+    expect(page.locator("#segments li .seg-text")).to_have_text(texts)
+
+
+@needs_browser
+def test_bad_file_shows_the_servers_message(make_server: Callable[..., LiveServer], page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    live = make_server()
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("these are meeting notes, not a video\n" * 20)
+    with live.client() as client, open(bad, "rb") as fh:
+        answer = client.post("/v1/jobs", files={"file": (bad.name, fh)})
+    assert answer.status_code == 415
+    message = answer.json()["error"]["message"]
+
+    page.goto(live.url + "/")
+    page.set_input_files("#file", str(bad))
+    page.get_by_role("button", name="Upload and transcribe").click()
+    expect(page.locator("#upload-error")).to_have_text(message)
+    expect(page.get_by_role("button", name="Upload and transcribe")).to_be_enabled()
+    expect(page.locator("#job")).to_be_hidden()
+
+
+@needs_browser
+def test_with_keys_on_the_page_sends_the_key(make_server: Callable[..., LiveServer], page: Any, clip: Path, tmp_path: Path) -> None:
+    """Uploads, the event stream, the track and downloads all carry the key; without one, the 401 reads as written."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import add_keys
+
+    data_dir = tmp_path / "data"
+    key = add_keys(data_dir, "alice")["alice"]
+    live = make_server(data_dir=data_dir, **{"auth.enabled": True})
+    with live.client() as client:
+        refusal = client.get("/v1/jobs").json()["error"]["message"]
+
+    page.goto(live.url + "/")
+    expect(page.locator("#jobs-error")).to_have_text(refusal)
+    expect(page.locator("#key-box")).to_have_attribute("open", "")  # opened by the 401
+    page.get_by_label("Key (kept in this browser only)").fill(key)
+    page.keyboard.press("Tab")
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    expect(page.locator("#jobs-error")).to_be_hidden()
+    page.reload()  # the key stays in localStorage
+    expect(page.get_by_label("Key (kept in this browser only)")).to_have_value(key)
+
+    page.set_input_files("#file", str(clip))
+    page.get_by_role("button", name="Upload and transcribe").click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=60_000)
+    page.wait_for_function("() => { const t = document.querySelector('#player track'); return t && t.src.startsWith('blob:'); }")
+    name, data = read_download(page, page.get_by_role("button", name="WebVTT").click)
+    assert name == "talk.vtt" and data.startswith(b"WEBVTT")
+    with live.client() as client:
+        assert len(client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).json()["jobs"]) == 1
+
+    # Delete from "My jobs" (after the browser's own confirmation): the open job closes too.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete talk.mp4").click()
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    expect(page.locator("#job")).to_be_hidden()
+    with live.client() as client:
+        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).json()["jobs"] == []
