@@ -9,7 +9,8 @@ import time
 
 class JsonFormatter(logging.Formatter):
     # Fields that callers attach with ``extra=`` (job, owner, stage, timings) are kept.
-    _SKIP = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+    # color_message: uvicorn's ANSI-coloured copy of msg (issue 9).
+    _SKIP = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
     def format(self, record: logging.LogRecord) -> str:
         out = {

@@ -1,0 +1,265 @@
+"""Prometheus metrics: one registry per app, an HTTP middleware, and /metrics.
+
+Two kinds of numbers. Request counts and durations are pushed by
+:class:`HttpMetricsMiddleware` as requests finish. Everything else (jobs by
+status, the batcher's counters, ffmpeg, uploads, SSE, loop lag) is read from
+the running parts when /metrics is scraped, so nothing on the hot path updates
+a gauge. The registry is the app's own, never prometheus_client's global one,
+so several servers in one test process do not clash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.looplag import LoopLagMonitor
+
+log = logging.getLogger("altyazi.metrics")
+access_log = logging.getLogger("altyazi.access")
+
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes every few seconds would drown the access log; they go at DEBUG.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+UNMATCHED = "unmatched"
+
+
+@dataclass
+class _Scraped:
+    """What the async part of a scrape gathered, for the synchronous collector."""
+
+    state: Any = None
+    jobs: dict[str, int] = field(default_factory=dict)
+
+
+class Metrics:
+    """The app's registry and instruments; ``render`` answers a scrape."""
+
+    def __init__(self, lag: LoopLagMonitor | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.lag = lag or LoopLagMonitor()
+        self.http_requests = Counter(
+            "altyazi_http_requests", "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"), registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "altyazi_http_request_duration_seconds",
+            "Time from request start to the end of the response body (SSE streams: the stream's life).",
+            ("route", "method"), registry=self.registry,
+        )
+        self.http_in_progress = Gauge(
+            "altyazi_http_requests_in_progress", "Requests being handled now (open SSE streams included).",
+            registry=self.registry,
+        )
+        self._scraped = _Scraped()
+        self.registry.register(_StateCollector(self))
+        self.registry.register(ProcessCollector(registry=None))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "OTHER"
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_duration.labels(route, method).observe(seconds)
+
+    async def render(self, state: Any) -> bytes:
+        scraped = _Scraped(state=state)
+        if state is not None:
+            for status in JOB_STATUSES:
+                scraped.jobs[status] = await state.store.count_jobs((status,))
+        self._scraped = scraped
+        return generate_latest(self.registry)
+
+    async def endpoint(self, request: Request) -> Response:
+        state = getattr(request.app.state, "altyazi", None)
+        return Response(await self.render(state), media_type=CONTENT_TYPE_LATEST)
+
+
+def _stat(stats: Any, *names: str, default: float = 0) -> Any:
+    """The first of ``names`` that ``stats`` has: BatcherStats and the fake engine's differ."""
+    for name in names:
+        value = getattr(stats, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+class _StateCollector:
+    """Reads the running parts at scrape time (after ``Metrics.render`` gathered the async bits)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._lag()
+        scraped = self._metrics._scraped
+        state = scraped.state
+        if state is None:
+            return
+        yield _gauge("altyazi_ready", "1 when the model is loaded and the server takes jobs.", float(state.ready and not state.draining))
+        yield _gauge("altyazi_draining", "1 while shutting down (uploads get 503).", float(state.draining))
+        info = GaugeMetricFamily("altyazi_model_info", "The resident model.", labels=("model", "multilingual"))
+        info.add_metric((str(state.model_name), str(bool(state.multilingual)).lower()), 1.0)
+        yield info
+
+        jobs = GaugeMetricFamily("altyazi_jobs", "Jobs in the store, by status.", labels=("status",))
+        for status, count in scraped.jobs.items():
+            jobs.add_metric((status,), float(count))
+        yield jobs
+        yield _gauge("altyazi_jobs_active", "Job tasks in this process (waiting for admission or running).", state.manager.active)
+
+        stats = state.engine.stats
+        yield _gauge("altyazi_queue_depth", "Audio windows waiting for the model (queued or being prepared).", _stat(stats, "queue_depth", "queued"))
+        yield _gauge("altyazi_batch_running_windows", "Audio windows in the model now.", _stat(stats, "running"))
+        batches = _stat(stats, "batches_run")
+        items = _stat(stats, "items_run", "completed")
+        yield _counter("altyazi_batches", "Batches handed to the model.", batches)
+        yield _counter("altyazi_batch_windows_run", "Audio windows the model ran.", items)
+        yield _counter("altyazi_batch_windows_failed", "Audio windows whose batch failed.", _stat(stats, "items_failed", "failed"))
+        yield _counter("altyazi_batch_windows_cancelled", "Audio windows withdrawn before they ran.", _stat(stats, "items_cancelled", "cancelled"))
+        yield _counter("altyazi_batch_oom_splits", "Batches halved after an out-of-memory error.", _stat(stats, "ooms_split"))
+        histogram = _stat(stats, "batch_size_histogram", default={}) or {}
+        yield _batch_size_histogram(histogram)
+        run_s = float(_stat(stats, "total_run_s"))
+        yield SummaryMetricFamily("altyazi_batch_run_seconds", "Time the model spent running batches.", count_value=batches, sum_value=run_s)
+        yield SummaryMetricFamily(
+            "altyazi_batch_prepare_seconds", "Time spent preparing batches (feature extraction).",
+            count_value=batches, sum_value=float(_stat(stats, "total_prepare_s")),
+        )
+        yield SummaryMetricFamily(
+            "altyazi_window_wait_seconds", "Time audio windows waited from submission to their batch starting.",
+            count_value=items, sum_value=float(_stat(stats, "total_wait_s")),
+        )
+        audio_s = float(state.manager.audio_seconds_done)
+        yield _counter("altyazi_audio_seconds_processed", "Seconds of audio transcribed.", audio_s)
+        # Model time per audio second: 0.07 means 14x faster than real time.
+        yield _gauge(
+            "altyazi_realtime_factor", "Model run seconds per audio second transcribed, since start (lower is faster).",
+            run_s / audio_s if audio_s > 0 and run_s > 0 else 0.0,
+        )
+
+        yield _gauge("altyazi_ffmpeg_processes_busy", "ffmpeg/ffprobe processes running.", state.pool.busy)
+        yield _gauge("altyazi_ffmpeg_processes_waiting", "ffmpeg/ffprobe calls waiting for a process slot.", state.pool.waiting)
+        yield _gauge("altyazi_uploads_in_flight", "Uploads being received now.", state.uploads_in_flight)
+        yield _gauge("altyazi_sse_streams_open", "Open job event streams.", state.sse_streams)
+
+    def _lag(self) -> Iterable[Metric]:
+        snap = self._metrics.lag.snapshot()
+        buckets = [(_le(bound), float(count)) for bound, count in snap.buckets]
+        buckets.append(("+Inf", float(snap.count)))
+        yield HistogramMetricFamily(
+            "altyazi_event_loop_lag_seconds", "How late the event loop wakes a periodic timer.",
+            buckets=buckets, sum_value=snap.sum_s,
+        )
+        yield _gauge("altyazi_event_loop_lag_max_seconds", "Largest event-loop lag seen since start.", snap.max_s)
+        yield _gauge("altyazi_event_loop_lag_recent_max_seconds", "Largest event-loop lag over the last minute.", snap.recent_max_s)
+        yield _gauge("altyazi_event_loop_lag_p99_seconds", "99th percentile of event-loop lag over the last minute.", snap.p99_s)
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=float(value))
+
+
+def _batch_size_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:
+    buckets = []
+    for bound in BATCH_SIZE_BUCKETS:
+        total = sum(n for size, n in sizes.items() if size <= bound)
+        buckets.append((_le(bound), float(total)))
+    count = sum(sizes.values())
+    windows = sum(size * n for size, n in sizes.items())
+    buckets.append(("+Inf", float(count)))
+    return HistogramMetricFamily(
+        "altyazi_batch_size", "Audio windows per batch handed to the model.", buckets=buckets, sum_value=float(windows)
+    )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (``/v1/jobs/{job_id}``), never the raw path.
+
+    Raw paths carry job ids, which would make one time series per job.
+    """
+    app = scope.get("app")
+    partial: str | None = None
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", UNMATCHED))
+        if match == Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", UNMATCHED))  # right path, other method: a 405
+    return partial or UNMATCHED
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware, which buffers and breaks streaming).
+
+    Counts every response by route template and status, and writes the access
+    log line (uvicorn's own access log is off, so there is one format).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.http_in_progress.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.http_in_progress.dec()
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            method = str(scope.get("method", "GET"))
+            self.metrics.observe_request(route, method, status, elapsed)
+            scope_state = scope.get("state") or {}
+            owner = scope_state.get("key_name") or scope_state.get("owner")  # a name or id, never the key
+            access_log.log(
+                logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
+                "%s %s %d %.3fs",
+                method,
+                scope.get("path", ""),
+                status,
+                elapsed,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "path": scope.get("path", ""),  # no query string: it may carry a key
+                    "status": status,
+                    "duration_s": round(elapsed, 4),
+                    **({"owner": owner} if isinstance(owner, str) else {}),
+                },
+            )
