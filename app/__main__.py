@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from app import keys_cli
+from app.auth import KeysFileError, KeyStore, keys_path, unauthenticated_remote_problem
 from app.config import Config, ConfigError, load_config
 
 log = logging.getLogger("altyazi")
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--data-dir", default=None)
     serve.add_argument("--model", default=None, help="base, tiny.en, a faster-whisper name or a CTranslate2 folder")
+    keys_cli.add_parser(sub)
     return parser
 
 
@@ -36,12 +39,31 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def check_auth(cfg: Config) -> str | None:
+    """Why the server must not start with this auth setup (one line), or None."""
+    problem = unauthenticated_remote_problem(cfg)
+    if problem is not None:
+        return problem
+    if cfg.auth.enabled:
+        try:
+            keys = KeyStore(keys_path(cfg))
+        except KeysFileError as exc:
+            return str(exc)
+        if not len(keys):
+            log.warning("auth is on but %s holds no keys; every request will get 401 until you run: python -m app keys add NAME", keys.path)
+    return None
+
+
 def serve(cfg: Config) -> int:
     from app.logs import setup_logging
     from app.models import ModelError
     from app.runner import run_server
 
     setup_logging(cfg.server.log_level, cfg.server.log_format)
+    problem = check_auth(cfg)
+    if problem is not None:
+        print(f"altyazi: {problem}", file=sys.stderr)
+        return 2
     try:
         return run_server(cfg)
     except ModelError as exc:
@@ -51,6 +73,8 @@ def serve(cfg: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return keys_cli.run(args)
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:

@@ -10,7 +10,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
 
 import anyio
@@ -85,11 +85,27 @@ async def load_job(request: Request) -> JobRecord:
 
 
 async def create_job(request: Request) -> Response:
+    job = await accept_upload(request, JobOptions.parse)
+    body = await job_json(state_of(request), job)
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def accept_upload(
+    request: Request,
+    parse_options: Callable[[dict[str, str]], JobOptions],
+    *,
+    tags: dict[str, Any] | None = None,
+) -> JobRecord:
+    """Upload to disk, probe, record and start a job; shared with app.openai_api (issue 9).
+
+    ``parse_options`` turns the query and form fields into options; ``tags``
+    are stored beside them in ``job.options`` (the OpenAI routes mark their jobs).
+    """
     state = state_of(request)
     owner = owner_of(request)
     state.check_accepting()
     query = dict(request.query_params)
-    JobOptions.parse(query)  # fail fast on bad query options, before reading the body
+    parse_options({k: v for k, v in query.items() if k != "filename"})  # fail fast on bad query options, before reading the body
     await state.check_capacity(owner)
     declared = int(request.headers.get("content-length", "0") or 0) if request.headers.get("content-length", "").isdigit() else 0
     state.check_disk(declared)
@@ -102,12 +118,12 @@ async def create_job(request: Request) -> Response:
         upload = await receive_upload(
             request,
             job_dir / "upload.partial",
-            max_bytes=int(state.cfg.storage.max_upload_mb * 1024 * 1024),
+            max_bytes=state.max_upload_bytes(owner),
             query_filename=query.get("filename"),
         )
         raw_options = {k: v for k, v in query.items() if k != "filename"}
         raw_options.update(upload.fields)
-        options = JobOptions.parse(raw_options)
+        options = parse_options(raw_options)
         state.check_model_supports(options)
         if upload.size == 0:
             raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
@@ -127,7 +143,7 @@ async def create_job(request: Request) -> Response:
             stage="queued",
             progress=0.0,
             filename=filename,
-            options=options.to_dict(),
+            options={**options.to_dict(), **(tags or {})},
             created_at=now,
             updated_at=now,
             duration_s=info.duration_s,
@@ -141,8 +157,7 @@ async def create_job(request: Request) -> Response:
         state.uploads_in_flight -= 1
         if not committed:
             await anyio.to_thread.run_sync(state.files.remove, job_id)
-    body = await job_json(state, job)
-    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+    return job
 
 
 def info_dict(info: Any) -> dict[str, Any]:

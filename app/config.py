@@ -75,6 +75,21 @@ class LimitsConfig:
 
 
 @dataclass
+class AuthConfig:
+    # Off by default so `make serve` works at once on 127.0.0.1; the server
+    # refuses to start without keys on any non-loopback address (see app/auth.py).
+    enabled: bool = False
+    allow_unauthenticated_remote: bool = False
+    keys_file: str = ""  # "" = <storage.data_dir>/keys.json
+    cors_origins: list[str] = field(default_factory=list)
+    public_metrics: bool = False
+    rate_limit_per_minute: float = 600.0
+    rate_limit_burst: int = 60
+    max_sse_per_key: int = 16
+    cache_ttl_s: float = 60.0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -82,6 +97,7 @@ class Config:
     ffmpeg: FfmpegConfig = field(default_factory=FfmpegConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> Config:
         s, m, b, f, st, lim = self.server, self.model, self.batching, self.ffmpeg, self.storage, self.limits
@@ -108,6 +124,16 @@ class Config:
         _check(1 <= lim.max_running_jobs <= 10_000, "limits.max_running_jobs", lim.max_running_jobs, "from 1 to 10000")
         _check(lim.max_active_jobs_per_key >= 1, "limits.max_active_jobs_per_key", lim.max_active_jobs_per_key, ">= 1")
         _check(lim.max_queued_jobs_per_key >= 1, "limits.max_queued_jobs_per_key", lim.max_queued_jobs_per_key, ">= 1")
+        au = self.auth
+        _check(au.rate_limit_per_minute >= 0, "auth.rate_limit_per_minute", au.rate_limit_per_minute, ">= 0 (0 = unlimited)")
+        _check(au.rate_limit_burst >= 1, "auth.rate_limit_burst", au.rate_limit_burst, ">= 1")
+        _check(au.max_sse_per_key >= 1, "auth.max_sse_per_key", au.max_sse_per_key, ">= 1")
+        _check(au.cache_ttl_s >= 0, "auth.cache_ttl_s", au.cache_ttl_s, ">= 0")
+        for origin in au.cors_origins:
+            _check(
+                origin == "*" or (origin.startswith(("http://", "https://")) and not origin.endswith("/")),
+                "auth.cors_origins", origin, "origins like https://example.org (scheme and host, no path), or *",
+            )
         return self
 
 
@@ -138,6 +164,12 @@ def _coerce(key: str, raw: Any, kind: Any) -> Any:
             if text in {"0", "false", "no", "off"}:
                 return False
             raise ValueError
+        if kind in (list, "list[str]"):
+            # a TOML array, or a comma-separated environment value
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            return [i.strip() for i in items if i.strip()]
         if kind in (Path, "Path"):
             return Path(str(raw)).expanduser()
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):

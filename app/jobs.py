@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
@@ -87,12 +87,19 @@ class JobManager:
         self.multilingual = multilingual
         self.limits = limits or ManagerLimits()
         self.admission = Admission(self.limits.max_running_jobs)
+        # How many of one owner's jobs may run at once (None: no cap); set by
+        # the app from the owner's key, so extra jobs wait in the fair queue.
+        self.owner_cap: Callable[[str], int | None] = lambda owner: None
         self._vad_limiter = anyio.CapacityLimiter(self.limits.vad_threads)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         # Audio seconds finished and when: the base of Retry-After estimates.
         self.audio_seconds_done = 0.0
         self.started_monotonic = time.monotonic()
+        # (when, audio seconds) of recently finished windows, and the media length
+        # of every active job: together they estimate how long the queue takes.
+        self._recent: deque[tuple[float, float]] = deque()
+        self._durations: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -113,15 +120,49 @@ class JobManager:
     def spawn(self, job: JobRecord) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda t, job_id=job.id: self._tasks.pop(job_id, None) if self._tasks.get(job_id) is t else None)
+        self._durations[job.id] = float(job.duration_s or 0.0)
+
+        def forget(t: asyncio.Task[None], job_id: str = job.id) -> None:
+            if self._tasks.get(job_id) is t:
+                del self._tasks[job_id]
+                self._durations.pop(job_id, None)
+
+        task.add_done_callback(forget)
+
+    def throughput(self, window_s: float = 300.0) -> float:
+        """Audio seconds transcribed per wall second over the last few minutes (0: unknown)."""
+        now = time.monotonic()
+        while self._recent and now - self._recent[0][0] > window_s:
+            self._recent.popleft()
+        if not self._recent:
+            return 0.0
+        span = max(now - self._recent[0][0], min(window_s, now - self.started_monotonic), 1.0)
+        return sum(s for _, s in self._recent) / span
+
+    def seconds_until_a_slot_frees(self) -> float | None:
+        """A rough wait for the next free queue slot: the active jobs' audio at the
+        measured speed, spread over the jobs (None while nothing was measured)."""
+        rate = self.throughput()
+        if rate <= 0 or not self._durations:
+            return None
+        return sum(self._durations.values()) / rate / len(self._durations)
 
     @property
     def active(self) -> int:
         return len(self._tasks)
 
-    async def stop(self) -> None:
-        """Cancel every job task without marking jobs: they stay queued/running and resume on restart."""
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Shutdown: drop queued windows, let the batch on the model finish (at most
+        ``grace_s``) so its windows are saved, then cancel every job task without
+        marking it: jobs stay queued/running in the store and resume on restart."""
         self._stopping = True
+        for job_id in list(self._tasks):
+            self.engine.cancel_job(job_id)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _running_windows(self.engine) > 0:
+            await asyncio.sleep(0.05)
+        # One more turn of the loop so delivered results are announced and saved.
+        await asyncio.sleep(0)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -151,15 +192,18 @@ class JobManager:
     async def _run(self, job: JobRecord) -> None:
         job_id = job.id
         try:
-            await self.admission.acquire(job.owner, job_id)
+            await self.admission.acquire(job.owner, job_id, self.owner_cap(job.owner))
             try:
                 await self._pipeline(job)
             finally:
                 self.admission.release(job_id)
         except asyncio.CancelledError:
+            if self._stopping:  # issue 9
+                _job_log(job, "interrupted", "stopped by shutdown; resumes at the next start")
+            else:
+                _job_log(job, "cancelled", "cancelled")
             raise
         except JobFailure as exc:
-            log.info("job %s failed: %s (%s)", job_id, exc.code, exc.message)
             await self._finish(job_id, "failed", error=(exc.code, exc.message))
         except Exception:
             log.exception("job %s failed unexpectedly", job_id)
@@ -173,6 +217,7 @@ class JobManager:
             job_id, status="running", stage="extracting", started_at=job.started_at or time.time(), attempts=job.attempts + 1
         )
         await self.hub.publish(job_id, "status", {"status": "running", "stage": "extracting"})
+        _job_log(job, "extracting", "running", queued_s=_since(job.created_at, job.started_at), attempt=job.attempts)  # issue 9
         progress = _Progress(self, job_id, job.progress)
         try:
             await self._work(job, options, duration, progress)
@@ -187,21 +232,19 @@ class JobManager:
             source = self.files.find_input(job_id)
             if source is None:
                 raise JobFailure("input_missing", "The uploaded file is gone, so the job cannot run; upload it again.")
-            partial = pcm.with_name(pcm.name + ".partial")
             try:
+                # extract_audio writes to a temporary name and renames: audio.pcm is
+                # complete whenever it exists, also after a crash.
                 await self.pool.extract_audio(
                     source,
-                    partial,
+                    pcm,
                     duration_s=duration or None,
                     on_progress=lambda f: progress.report("extracting", EXTRACT_SHARE * f),
                 )
             except DiskFull:
-                partial.unlink(missing_ok=True)
                 raise JobFailure("disk_full", "The server ran out of disk space while extracting the audio; try again later.") from None
             except FfmpegError as exc:
-                partial.unlink(missing_ok=True)
                 raise JobFailure("extraction_failed", f"Could not decode the audio: {exc.message}") from None
-            partial.replace(pcm)
         total_samples = pcm.stat().st_size // 2
         if total_samples == 0:
             raise JobFailure("no_audio", "The file's audio track holds no samples.")
@@ -209,9 +252,11 @@ class JobManager:
             duration = total_samples / SAMPLE_RATE
 
         await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
+        _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))  # issue 9
         await progress.flush()
         spans = await anyio.to_thread.run_sync(lambda: plan_windows(pcm, vad=options.vad), limiter=self._vad_limiter)
         await self._set_stage(job_id, "transcribing", EXTRACT_SHARE + VAD_SHARE)
+        _job_log(job, "transcribing", "speech detected", windows=len(spans), running_s=_since(job.started_at))  # issue 9
         segments, language = await self._transcribe(job, options, pcm, spans, duration, progress)
 
         await self.store.update_job(job_id, stage="finalizing")
@@ -289,6 +334,7 @@ class JobManager:
                             await self.hub.publish(job_id, "segment", d)
                         done_seconds += seconds
                         self.audio_seconds_done += seconds
+                        self._recent.append((time.monotonic(), seconds))
                         next_index += 1
                         progress.report("transcribing", base + (1 - base) * min(1.0, done_seconds / total_seconds))
         except BaseExceptionGroup as group:
@@ -320,13 +366,37 @@ class JobManager:
             fields["language"] = language
         if error is not None:
             fields["error_code"], fields["error_message"] = error
-        await self.store.update_job(job_id, **fields)
+        job = await self.store.update_job(job_id, **fields)
+        _job_log(  # issue 9
+            job, status, status,
+            duration_s=job.duration_s, language=job.language, segments=segments,
+            queued_s=_since(job.created_at, job.started_at), run_s=_since(job.started_at, job.finished_at),
+            total_s=_since(job.created_at, job.finished_at),
+            **({"error_code": error[0], "error_message": error[1]} if error else {}),
+        )
         data: dict[str, Any] = {"status": status}
         if error is not None:
             data["error"] = {"code": error[0], "message": error[1]}
         if status == "done":
             data.update(language=language, segments=segments)
         await self.hub.publish(job_id, status, data)
+
+
+def _since(start: float | None, end: float | None = None) -> float | None:
+    """Seconds from ``start`` to ``end`` (default now), for log fields."""
+    if start is None:
+        return None
+    return round((end if end is not None else time.time()) - start, 3)
+
+
+def _job_log(job: JobRecord, stage: str, message: str, **fields: Any) -> None:
+    """One INFO line per job state change (issue 9): id, owner, stage and timings as fields."""
+    log.info("job %s %s", job.id, message, extra={"job": job.id, "owner": job.owner, "stage": stage, **fields})
+
+
+def _running_windows(engine: Engine) -> int:
+    stats = getattr(engine, "stats", None)
+    return int(getattr(stats, "running", 0) or 0)
 
 
 class _Progress:
@@ -355,7 +425,12 @@ class _Progress:
             stage, value = self._latest
             self._latest = None
             self._sent = value
-            await self._manager._set_stage(self._job_id, stage, value)
+            try:
+                await self._manager._set_stage(self._job_id, stage, value)
+            except Exception as exc:
+                # Progress is advisory: a failed write (say, a full disk) must not
+                # fail the job; the stage's own outcome is what gets recorded.
+                log.warning("job %s: progress not recorded: %s", self._job_id, exc)
 
     async def flush(self) -> None:
         if self._task is not None:

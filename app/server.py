@@ -17,18 +17,24 @@ from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import api
+from app import api, openai_api  # openai_api: issue 9
+from app.auth import AuthMiddleware, KeyStore, keys_path
 from app.config import Config
 from app.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
 from app.events import EventHub
 from app.exports import ExportManager
 from app.ffmpeg import FfmpegPool
 from app.jobs import JobManager, ManagerLimits
+from app.looplag import LoopLagMonitor  # issue 9
+from app.metrics import HttpMetricsMiddleware, Metrics  # issue 9
 from app.state import AppState
+from app.web import routes as web_routes
 from batching.types import Engine
 from storage.files import JobFiles
 from storage.retention import RetentionSweeper
@@ -43,6 +49,9 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     """The ASGI app; ``engine_factory`` builds the engine (the real model, or a fake in tests)."""
     factory = engine_factory
     holder: dict[str, AppState] = {}
+    metrics = Metrics(lag=LoopLagMonitor())  # issue 9: this app's own registry, not the global one
+    # Read now, so a malformed keys file fails at start, not on the first request.
+    keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s) if cfg.auth.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -74,15 +83,19 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         exports = ExportManager(store=store, files=files, pool=pool, hub=hub, crf=cfg.ffmpeg.crf, preset=cfg.ffmpeg.preset)
         state = AppState(
             cfg=cfg, store=store, files=files, pool=pool, engine=engine, hub=hub,
-            manager=manager, exports=exports, multilingual=multilingual, model_name=model_name,
+            manager=manager, exports=exports, multilingual=multilingual, model_name=model_name, keys=keys,
         )
+        manager.owner_cap = state.active_cap
         app.state.altyazi = state
         holder["state"] = state
+        await openai_api.discard_orphans(store, files)  # issue 9: before recover() would resume them
         await manager.recover()
         await exports.recover()
         sweeper = RetentionSweeper(store, files, retention_hours=cfg.storage.retention_hours)
         sweeper_task = asyncio.create_task(sweeper.run(), name="retention")
         state.ready = True
+        app.state.metrics = metrics  # issue 9
+        metrics.lag.start()  # issue 9: owned task, stopped below
         try:
             yield
         finally:
@@ -91,9 +104,10 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper_task
             await exports.stop()
-            await manager.stop()
+            await manager.stop(grace_s=cfg.server.shutdown_timeout_s / 2)
             await engine.stop()
             await store.close()
+            await metrics.lag.stop()  # issue 9
             log.info("stopped")
 
     async def healthz(request: Request) -> Response:
@@ -110,10 +124,26 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),  # issue 9
+        *openai_api.routes,  # issue 9
         *api.routes,
+        *web_routes,
     ]
+    # CORS outermost: preflights need no key, and a 401 still carries the CORS headers.
+    middleware = [Middleware(AuthMiddleware, cfg=cfg, keys=keys)]
+    if cfg.auth.cors_origins:
+        middleware.insert(0, Middleware(
+            CORSMiddleware,
+            allow_origins=cfg.auth.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After", "Content-Disposition"],
+            max_age=600,
+        ))
+    middleware.insert(0, Middleware(HttpMetricsMiddleware, metrics=metrics))  # issue 9: outermost, counts 401s too
     return Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,

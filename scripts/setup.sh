@@ -23,6 +23,8 @@ APT_PACKAGES=(
     "ffmpeg:ffmpeg"          # probe, audio extraction, export
     "espeak-ng:espeak-ng"    # tests synthesise speech with known text
     "fonts-dejavu-core"      # libass needs a font to burn subtitles in
+    "systemd:systemd-analyze"  # tests/test_systemd_unit.py verifies deploy/altyazi.service (issue 9)
+    "chromium"               # tests/test_web.py drives the web page in it (Playwright, /usr/bin/chromium)
 )
 
 PYTHON="${PYTHON:-python3}"
@@ -94,7 +96,7 @@ step_venv() {
             || die "could not create $VENV; on Debian install python3-venv"
     fi
     say "installing altyazi and its test tools into $VENV"
-    run "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -e '.[test]' \
+    run "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -e '.[test,bench]' \
         || die "pip could not install the project (its error is above)"
     [[ $DRY_RUN == 1 ]] || printf '%s\n' "$want" >"$STAMP"
 }

@@ -129,3 +129,26 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[s
             return job  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def add_keys(data_dir: Path, *names: str, **limits: Any) -> dict[str, str]:
+    """Create API keys in ``<data_dir>/keys.json`` (the default keys file); answers name -> key.
+
+    ``limits`` (max_active_jobs, max_queued_jobs, max_upload_mb, rate_per_minute)
+    apply to every key made by this call.
+    """
+    from app.auth import load_keys, new_key, save_keys
+
+    path = data_dir / "keys.json"
+    keys = load_keys(path)
+    out: dict[str, str] = {}
+    for name in names:
+        record, key = new_key(name, keys, **limits)
+        keys.append(record)
+        out[name] = key
+    save_keys(path, keys)
+    return out
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -151,6 +151,33 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
 
 
+# Distinct sentences for long test recordings: Whisper treats a window of the
+# same words over and over as a hallucination (compression ratio) and decodes
+# it again warmer, which real speech never asks for.
+VARIED_SENTENCES = [
+    "Please send me the report before the meeting on Monday morning.",
+    "The weather today is sunny and warm, and we are going to the park.",
+    "My brother bought a new bicycle last week.",
+    "We should leave early to avoid the traffic on the bridge.",
+    "The library closes at six o'clock in the evening.",
+    "She planted tomatoes and peppers in the garden this spring.",
+    "Our train was delayed by twenty minutes because of the snow.",
+    "Could you turn off the lights when you leave the office?",
+    "The children are playing football in the yard.",
+    "I would like a cup of coffee with a little milk.",
+    "The museum has a new exhibition about ancient ships.",
+    "He forgot his umbrella at the restaurant yesterday.",
+    "The doctor told me to drink more water every day.",
+    "We are planning a trip to the mountains next summer.",
+    "The new phone has a much better camera than the old one.",
+    "Please remember to water the plants while I am away.",
+    "The concert starts at eight, so we have plenty of time.",
+    "They painted the kitchen a bright shade of yellow.",
+    "The bakery on the corner sells fresh bread every morning.",
+    "I have been reading a very interesting book about history.",
+]
+
+
 def make_long_speech(dest: Path, seconds: float, texts: list[str], *, pause_s: float = 1.0) -> Path:
     """Spoken ``texts`` (cycled) with ``pause_s`` between them, cut or padded to ``seconds``.
 

@@ -13,7 +13,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.conftest import LiveServer, tiny_engine_factory, wait_done
-from tests.media import make_long_speech, make_video_with_speech, shared_clip
+from tests.media import VARIED_SENTENCES, make_long_speech, make_video_with_speech, shared_clip
 from tests.wer import wer
 
 pytestmark = pytest.mark.slow
@@ -85,7 +85,7 @@ def _children_named(name: str) -> list[int]:
 
 
 def test_cancel_mid_transcription_leaves_no_process_and_no_files(tiny_server: LiveServer, tmp_path: Path) -> None:
-    long = make_long_speech(tmp_path / "long.wav", 300, [SENTENCE, "Ask not what your country can do for you."])
+    long = make_long_speech(tmp_path / "long.wav", 300, VARIED_SENTENCES)
     with tiny_server.client() as client:
         job_id = upload(client, long).json()["id"]
         deadline = time.monotonic() + 60

@@ -1,0 +1,197 @@
+"""A bad-input corpus made here, sent to a live server: each case gets its documented answer.
+
+Nothing here is a committed binary: every file is generated with ffmpeg, or
+cut from one, at the start of the module.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, wait_done
+from tests.media import make_video_with_speech, speak
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("corpus")
+    speech = speak("a short sentence for every audio format", d / "speech.wav")
+    video = make_video_with_speech("hello there", d / "video.mp4")
+    files: dict[str, Path] = {"wav": speech, "mp4": video}
+    for ext, codec in [("mp3", ["-c:a", "libmp3lame"]), ("flac", ["-c:a", "flac"]), ("ogg", ["-c:a", "libopus"]), ("m4a", ["-c:a", "aac"]), ("opus", ["-c:a", "libopus"])]:
+        files[ext] = d / f"speech.{ext}"
+        ffmpeg("-i", str(speech), *codec, str(files[ext]))
+    files["mkv"] = d / "video.mkv"
+    ffmpeg("-i", str(video), "-c", "copy", str(files["mkv"]))
+    files["silent_video"] = d / "silent.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(files["silent_video"]))
+    files["png_as_mp4"] = d / "picture.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x64", "-frames:v", "1", "-f", "image2", "-c:v", "png", str(files["png_as_mp4"]))
+    files["text_as_mp4"] = d / "notes.mp4"
+    files["text_as_mp4"].write_text("this is not a video\n" * 50)
+    files["empty"] = d / "empty.mp4"
+    files["empty"].write_bytes(b"")
+    for name in ("mp4", "mkv"):
+        # moov/cues at the end of a non-faststart file: the first 30% is unreadable.
+        src = files[name] if name == "mkv" else d / "plain.mp4"
+        if name == "mp4":
+            ffmpeg("-i", str(video), "-c", "copy", "-movflags", "-faststart", str(src))
+        data = src.read_bytes()
+        files[f"truncated_{name}"] = d / f"truncated.{name}"
+        files[f"truncated_{name}"].write_bytes(data[: len(data) * 3 // 10])
+    files["long"] = d / "long.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "30", str(files["long"]))
+    return files
+
+
+def upload(client: httpx.Client, path: Path, name: str | None = None, **data: Any) -> httpx.Response:
+    with open(path, "rb") as fh:
+        return client.post("/v1/jobs", files={"file": (path.name if name is None else name, fh)}, data=data)
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LiveServer]) -> LiveServer:
+    return make_server(**{"storage.max_duration_s": 20, "storage.max_upload_mb": 5})
+
+
+REJECTED = [
+    ("empty", 400, "empty_file"),
+    ("text_as_mp4", 415, "not_media"),
+    ("png_as_mp4", 415, "not_media"),
+    ("silent_video", 415, "no_audio_stream"),
+    ("truncated_mp4", 415, "not_media"),
+    ("long", 413, "too_long"),
+]
+
+
+@pytest.mark.parametrize(("case", "status", "code"), REJECTED)
+def test_rejected_files(server: LiveServer, corpus: dict[str, Path], case: str, status: int, code: str) -> None:
+    with server.client() as client:
+        r = upload(client, corpus[case])
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["code"] == code and error["message"].endswith(".") is not None
+        assert "/" not in error["message"].replace("/v1", "").replace("m/s", ""), "no paths in messages"
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/jobs").json()["jobs"] == []
+    # The job folder made for the upload is gone again.
+    root = server.state.files.root
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_truncated_mkv_is_rejected_or_fails_cleanly(server: LiveServer, corpus: dict[str, Path]) -> None:
+    # A Matroska file cut short still has readable headers: it is either refused
+    # at upload or transcribed as far as it goes; never a crash.
+    with server.client() as client:
+        r = upload(client, corpus["truncated_mkv"])
+        assert r.status_code in (202, 415), r.text
+        if r.status_code == 202:
+            assert wait_done(client, r.json()["id"])["status"] in ("done", "failed")
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav", "flac", "ogg", "opus", "m4a", "mkv"])
+def test_audio_and_video_formats_work(server: LiveServer, corpus: dict[str, Path], fmt: str) -> None:
+    with server.client() as client:
+        r = upload(client, corpus[fmt])
+        assert r.status_code == 202, r.text
+        job = wait_done(client, r.json()["id"])
+        assert job["status"] == "done", job
+        assert client.get(f"/v1/jobs/{job['id']}/transcript", params={"format": "srt"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("evil\x00name.wav", None),
+        ("a" * 10_000 + ".wav", None),
+        ("", "upload"),
+        ("..", "upload"),
+    ],
+)
+def test_hostile_file_names(server: LiveServer, corpus: dict[str, Path], name: str, expected: str | None) -> None:
+    with server.client() as client:
+        r = upload(client, corpus["wav"], name=name)
+        assert r.status_code == 202, r.text
+        got = r.json()["filename"]
+        assert "/" not in got and "\x00" not in got and ".." != got and len(got.encode()) <= 240
+        if expected is not None:
+            assert got == expected
+        job_dir = server.state.files.job_dir(r.json()["id"])
+        assert job_dir.parent == server.state.files.root
+        wait_done(client, r.json()["id"])
+
+
+def test_too_large_upload_is_cut_and_removed(server: LiveServer, tmp_path: Path) -> None:
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * (6 * 1024 * 1024))
+    with server.client() as client:
+        r = client.post("/v1/jobs", params={"filename": "big.wav"}, content=_chunks(big))  # no Content-Length
+        assert r.status_code == 413 and r.json()["error"]["code"] == "upload_too_large"
+        r = upload(client, big)
+        assert r.status_code == 413
+    root = server.state.files.root
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def _chunks(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(256 * 1024):
+            yield chunk
+
+
+def test_multipart_without_file_field(server: LiveServer) -> None:
+    with server.client() as client:
+        r = client.post("/v1/jobs", data={"language": "en"}, files={"other": ("x.txt", b"abc")})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unexpected_file"
+        r = client.post("/v1/jobs", data={"language": "en"}, files={})
+        assert r.status_code in (400, 415)
+        boundary = "XyZ"
+        body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--{boundary}--\r\n"
+        r = client.post("/v1/jobs", content=body.encode(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file"
+
+
+def test_upload_cut_off_mid_body(server: LiveServer, corpus: dict[str, Path]) -> None:
+    data = corpus["wav"].read_bytes()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST /v1/jobs?filename=cut.wav HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data)}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        sock.sendall(head.encode() + data[: len(data) // 3])
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    with server.client() as client:
+        while server.state.uploads_in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/v1/jobs").json()["jobs"] == []
+        assert client.get("/healthz").status_code == 200
+    root = server.state.files.root
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_unknown_and_bad_options(server: LiveServer, corpus: dict[str, Path]) -> None:
+    with server.client() as client:
+        for data, field in [({"speed": "2"}, "speed"), ({"language": "klingon"}, "language"), ({"vad": "perhaps"}, "vad"),
+                            ({"task": "dance"}, "task"), ({"initial_prompt": "x" * 5000}, "initial_prompt")]:  # fmt: skip
+            r = upload(client, corpus["wav"], **data)
+            assert r.status_code == 422, (data, r.text)
+            assert r.json()["error"]["field"] == field
+        r = client.post("/v1/jobs", params={"nope": "1", "filename": "a.wav"}, content=corpus["wav"].read_bytes())
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_option"
+        assert client.get("/v1/jobs/does-not-exist").status_code == 404
+        assert client.get("/healthz").status_code == 200
