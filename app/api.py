@@ -96,7 +96,7 @@ async def accept_upload(
     *,
     tags: dict[str, Any] | None = None,
 ) -> JobRecord:
-    """Upload to disk, probe, record and start a job; shared with app.openai_api (issue 9).
+    """Upload to disk, probe, record and start a job; shared with app.openai_api.
 
     ``parse_options`` turns the query and form fields into options; ``tags``
     are stored beside them in ``job.options`` (the OpenAI routes mark their jobs).

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import anyio
 
-from app.media import MediaError, MediaInfo, not_media, parse_probe
+from app.media import MediaError, MediaInfo, not_media, parse_probe, read_headers
 
 log = logging.getLogger("altyazi.ffmpeg")
 
@@ -175,6 +175,7 @@ class FfmpegPool:
         # waiting for its 202: it must not queue behind long exports, so it has
         # slots of its own.
         self._probe_limiter = anyio.CapacityLimiter(max(4, max_processes))
+        self._probe_threads = anyio.CapacityLimiter(8)
 
     @property
     def busy(self) -> int:
@@ -365,6 +366,18 @@ class FfmpegPool:
         """Describe a media file; :class:`MediaError` (415) if ffprobe cannot read it."""
         if os.stat(path).st_size == 0:
             raise MediaError(415, "empty_media", "The file is empty (0 bytes); upload the whole file again.")
+        try:
+            # In-process first (milliseconds, no process to start); ffprobe is the
+            # second opinion for whatever PyAV cannot open.
+            info = parse_probe(await anyio.to_thread.run_sync(read_headers, str(path), limiter=self._probe_threads))
+        except Exception as exc:
+            log.debug("PyAV could not read %s (%s); asking ffprobe", path, exc)
+        else:
+            if info.has_audio and info.duration_s <= 0:
+                measured = await self._measure_duration(path)
+                if measured:
+                    info = replace(info, duration_s=measured)
+            return info
         argv = [self.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json", "-show_format", "-show_streams", file_url(path)]
         try:
             _, out = await self._exec(

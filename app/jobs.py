@@ -198,7 +198,7 @@ class JobManager:
             finally:
                 self.admission.release(job_id)
         except asyncio.CancelledError:
-            if self._stopping:  # issue 9
+            if self._stopping:
                 _job_log(job, "interrupted", "stopped by shutdown; resumes at the next start")
             else:
                 _job_log(job, "cancelled", "cancelled")
@@ -217,7 +217,7 @@ class JobManager:
             job_id, status="running", stage="extracting", started_at=job.started_at or time.time(), attempts=job.attempts + 1
         )
         await self.hub.publish(job_id, "status", {"status": "running", "stage": "extracting"})
-        _job_log(job, "extracting", "running", queued_s=_since(job.created_at, job.started_at), attempt=job.attempts)  # issue 9
+        _job_log(job, "extracting", "running", queued_s=_since(job.created_at, job.started_at), attempt=job.attempts)
         progress = _Progress(self, job_id, job.progress)
         try:
             await self._work(job, options, duration, progress)
@@ -252,11 +252,11 @@ class JobManager:
             duration = total_samples / SAMPLE_RATE
 
         await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
-        _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))  # issue 9
+        _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))
         await progress.flush()
         spans = await anyio.to_thread.run_sync(lambda: plan_windows(pcm, vad=options.vad), limiter=self._vad_limiter)
         await self._set_stage(job_id, "transcribing", EXTRACT_SHARE + VAD_SHARE)
-        _job_log(job, "transcribing", "speech detected", windows=len(spans), running_s=_since(job.started_at))  # issue 9
+        _job_log(job, "transcribing", "speech detected", windows=len(spans), running_s=_since(job.started_at))
         segments, language = await self._transcribe(job, options, pcm, spans, duration, progress)
 
         await self.store.update_job(job_id, stage="finalizing")
@@ -367,7 +367,7 @@ class JobManager:
         if error is not None:
             fields["error_code"], fields["error_message"] = error
         job = await self.store.update_job(job_id, **fields)
-        _job_log(  # issue 9
+        _job_log(
             job, status, status,
             duration_s=job.duration_s, language=job.language, segments=segments,
             queued_s=_since(job.created_at, job.started_at), run_s=_since(job.started_at, job.finished_at),
@@ -390,7 +390,7 @@ def _since(start: float | None, end: float | None = None) -> float | None:
 
 
 def _job_log(job: JobRecord, stage: str, message: str, **fields: Any) -> None:
-    """One INFO line per job state change (issue 9): id, owner, stage and timings as fields."""
+    """One INFO line per job state change: id, owner, stage and timings as fields."""
     log.info("job %s %s", job.id, message, extra={"job": job.id, "owner": job.owner, "stage": stage, **fields})
 
 

@@ -9,7 +9,7 @@ import time
 
 class JsonFormatter(logging.Formatter):
     # Fields that callers attach with ``extra=`` (job, owner, stage, timings) are kept.
-    # color_message: uvicorn's ANSI-coloured copy of msg (issue 9).
+    # color_message: uvicorn's ANSI-coloured copy of msg.
     _SKIP = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
     def format(self, record: logging.LogRecord) -> str:

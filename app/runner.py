@@ -11,7 +11,7 @@ from types import FrameType
 
 import uvicorn
 
-from app import sdnotify  # issue 9
+from app import sdnotify
 from app.config import Config
 from app.models import ResolvedModel, resolve_model
 from app.server import begin_drain, create_app
@@ -34,17 +34,17 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self.started:  # issue 9: the lifespan (model load) ran and the sockets listen
+        if self.started:  # the lifespan (model load) ran and the sockets listen
             sdnotify.ready(f"serving on {self.config.host}:{self.config.port}")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        first = not self.should_exit  # issue 9
+        first = not self.should_exit
         super().handle_exit(sig, frame)
         # uvicorn re-raises the signal after its shutdown, so the process would
         # die "killed by SIGTERM". A drain that completed is a clean stop: exit 0.
         self._captured_signals.clear()
         if first:
-            sdnotify.stopping("draining: no new uploads, finishing the batch on the model")  # issue 9
+            sdnotify.stopping("draining: no new uploads, finishing the batch on the model")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -82,12 +82,12 @@ def run_server(cfg: Config) -> int:
         host=cfg.server.host,
         port=cfg.server.port,
         log_config=None,  # keep altyazi's own log format
-        access_log=False,  # issue 9: app.metrics.HttpMetricsMiddleware writes the access log, in that format
+        access_log=False,  # app.metrics.HttpMetricsMiddleware writes the access log, in that format
         # Half the shutdown budget for open requests (uploads), half for the batch on the model.
         timeout_graceful_shutdown=max(1, int(cfg.server.shutdown_timeout_s / 2)),
         lifespan="on",
     )
     server = DrainingServer(config, app)
-    sdnotify.status(f"loading model {resolved.name}")  # issue 9
+    sdnotify.status(f"loading model {resolved.name}")
     server.run()
     return 0 if server.started else 1

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import api, openai_api  # openai_api: issue 9
+from app import api, openai_api
 from app.auth import AuthMiddleware, KeyStore, keys_path
 from app.config import Config
 from app.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
@@ -31,8 +31,8 @@ from app.events import EventHub
 from app.exports import ExportManager
 from app.ffmpeg import FfmpegPool
 from app.jobs import JobManager, ManagerLimits
-from app.looplag import LoopLagMonitor  # issue 9
-from app.metrics import HttpMetricsMiddleware, Metrics  # issue 9
+from app.looplag import LoopLagMonitor
+from app.metrics import HttpMetricsMiddleware, Metrics
 from app.state import AppState
 from app.web import routes as web_routes
 from batching.types import Engine
@@ -49,7 +49,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     """The ASGI app; ``engine_factory`` builds the engine (the real model, or a fake in tests)."""
     factory = engine_factory
     holder: dict[str, AppState] = {}
-    metrics = Metrics(lag=LoopLagMonitor())  # issue 9: this app's own registry, not the global one
+    metrics = Metrics(lag=LoopLagMonitor())  # this app's own registry, not the global one
     # Read now, so a malformed keys file fails at start, not on the first request.
     keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s) if cfg.auth.enabled else None
 
@@ -88,14 +88,14 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         manager.owner_cap = state.active_cap
         app.state.altyazi = state
         holder["state"] = state
-        await openai_api.discard_orphans(store, files)  # issue 9: before recover() would resume them
+        await openai_api.discard_orphans(store, files)  # before recover() would resume them
         await manager.recover()
         await exports.recover()
         sweeper = RetentionSweeper(store, files, retention_hours=cfg.storage.retention_hours)
         sweeper_task = asyncio.create_task(sweeper.run(), name="retention")
         state.ready = True
-        app.state.metrics = metrics  # issue 9
-        metrics.lag.start()  # issue 9: owned task, stopped below
+        app.state.metrics = metrics
+        metrics.lag.start()  # owned task, stopped below
         try:
             yield
         finally:
@@ -107,7 +107,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             await manager.stop(grace_s=cfg.server.shutdown_timeout_s / 2)
             await engine.stop()
             await store.close()
-            await metrics.lag.stop()  # issue 9
+            await metrics.lag.stop()
             log.info("stopped")
 
     async def healthz(request: Request) -> Response:
@@ -124,12 +124,13 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics.endpoint, methods=["GET"]),  # issue 9
-        *openai_api.routes,  # issue 9
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        *openai_api.routes,
         *api.routes,
         *web_routes,
     ]
-    # CORS outermost: preflights need no key, and a 401 still carries the CORS headers.
+    # Order, outermost first: metrics (counts 401s too), CORS (preflights need no key,
+    # and a 401 still carries the CORS headers), auth.
     middleware = [Middleware(AuthMiddleware, cfg=cfg, keys=keys)]
     if cfg.auth.cors_origins:
         middleware.insert(0, Middleware(
@@ -140,7 +141,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             expose_headers=["Location", "Retry-After", "Content-Disposition"],
             max_age=600,
         ))
-    middleware.insert(0, Middleware(HttpMetricsMiddleware, metrics=metrics))  # issue 9: outermost, counts 401s too
+    middleware.insert(0, Middleware(HttpMetricsMiddleware, metrics=metrics))  # outermost, counts 401s too
     return Starlette(
         routes=routes,
         middleware=middleware,

@@ -416,7 +416,9 @@ def server_env(cfg: RunConfig) -> dict[str, str]:
         # Room for every user: the load test measures the server, not its admission limits.
         "ALTYAZI_LIMITS_MAX_QUEUED_JOBS": str(max(1000, 2 * cfg.users)),
         "ALTYAZI_LIMITS_MAX_QUEUED_JOBS_PER_KEY": str(max(100, 2 * cfg.users)),
-        # No keys configured: every simulated user is the same anonymous owner.
+        # Keys are off (config.toml's default), so every simulated user is the one
+        # anonymous owner and only the global limits apply; the per-key ones are
+        # raised anyway so a run with keys on is not cut at 4 running jobs.
         "ALTYAZI_LIMITS_MAX_ACTIVE_JOBS_PER_KEY": str(max(4, 2 * cfg.users)),
         "ALTYAZI_SERVER_SHUTDOWN_TIMEOUT_S": "5",
     }

@@ -23,7 +23,7 @@ APT_PACKAGES=(
     "ffmpeg:ffmpeg"          # probe, audio extraction, export
     "espeak-ng:espeak-ng"    # tests synthesise speech with known text
     "fonts-dejavu-core"      # libass needs a font to burn subtitles in
-    "systemd:systemd-analyze"  # tests/test_systemd_unit.py verifies deploy/altyazi.service (issue 9)
+    "systemd:systemd-analyze"  # tests/test_systemd_unit.py verifies deploy/altyazi.service
     "chromium"               # tests/test_web.py drives the web page in it (Playwright, /usr/bin/chromium)
 )
 

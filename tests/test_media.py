@@ -186,3 +186,28 @@ async def test_missing_duration_is_measured(pool: FfmpegPool, media: dict[str, P
     info = await pool.probe(webm)
     check_media(info, max_duration_s=60)
     assert info.duration_s == pytest.approx(CLIP_SECONDS, abs=0.1)
+
+
+def test_in_process_header_read_agrees_with_ffprobe(tmp_path: Path) -> None:
+    """Uploads are probed with PyAV (fast, no process); it must describe files as ffprobe does."""
+    import json
+    import subprocess
+
+    from app.media import parse_probe, read_headers
+    from tests.media import make_video_with_speech, speak
+
+    wav = speak("one two three", tmp_path / "s.wav")
+    mp3 = tmp_path / "s.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), str(mp3)], check=True)
+    mp4 = make_video_with_speech("hello", tmp_path / "v.mp4")
+    for path in (wav, mp3, mp4):
+        out = subprocess.run(
+            ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+            capture_output=True, check=True,
+        ).stdout
+        ours, theirs = parse_probe(read_headers(str(path))), parse_probe(json.loads(out))
+        assert ours.duration_s == pytest.approx(theirs.duration_s, abs=0.1), path.name  # mp3 length is an estimate in both
+        assert (ours.has_audio, ours.has_video, ours.audio_codec, ours.video_codec) == (
+            theirs.has_audio, theirs.has_video, theirs.audio_codec, theirs.video_codec
+        ), path.name
+        assert (ours.width, ours.height, ours.sample_rate, ours.channels) == (theirs.width, theirs.height, theirs.sample_rate, theirs.channels)
