@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class BatchingConfig:
-    max_batch_size: int = 16
+    max_batch_size: int = 0  # 0: by device (see app.runner.batch_size_for)
     max_wait_ms: float = 10.0
     prepare_threads: int = 2
 
@@ -109,7 +109,7 @@ class Config:
         _check(bool(m.name.strip()), "model.name", m.name, "a model name or folder")
         _check(m.device in {"auto", "cpu", "cuda"}, "model.device", m.device, "auto, cpu or cuda")
         _check(m.cpu_threads >= 0, "model.cpu_threads", m.cpu_threads, ">= 0")
-        _check(1 <= b.max_batch_size <= 256, "batching.max_batch_size", b.max_batch_size, "from 1 to 256")
+        _check(0 <= b.max_batch_size <= 256, "batching.max_batch_size", b.max_batch_size, "from 1 to 256, or 0 for the device's default")
         _check(0 <= b.max_wait_ms <= 10_000, "batching.max_wait_ms", b.max_wait_ms, "from 0 to 10000")
         _check(1 <= b.prepare_threads <= 64, "batching.prepare_threads", b.prepare_threads, "from 1 to 64")
         _check(1 <= f.max_processes <= 256, "ffmpeg.max_processes", f.max_processes, "from 1 to 256")

@@ -52,6 +52,29 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(begin_drain, self._app)
 
 
+CPU_BATCH_SIZE = 4
+CUDA_BATCH_SIZE = 16
+
+
+def batch_size_for(cfg: Config) -> int:
+    """``batching.max_batch_size``, or for 0 the device's default.
+
+    On 2 CPU cores with tiny.en int8 (bench/batching.py) the encoder took 0.21 s
+    per window alone and 0.26 s per window in batches of 8, so batching only
+    helps the decoder there, while a batch of 16 holds about 1 GB more memory
+    and makes every window in it wait for the slowest. On a GPU the encoder
+    batches well, and bigger batches are the point.
+    """
+    if cfg.batching.max_batch_size:
+        return cfg.batching.max_batch_size
+    device = cfg.model.device
+    if device == "auto":
+        import ctranslate2
+
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    return CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE
+
+
 def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
     from batching.whisper_engine import WhisperEngine
 
@@ -62,7 +85,7 @@ def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
             "compute_type": cfg.model.compute_type,
             "cpu_threads": cfg.model.cpu_threads,
         },
-        max_batch_size=cfg.batching.max_batch_size,
+        max_batch_size=batch_size_for(cfg),
         max_wait_s=cfg.batching.max_wait_ms / 1000.0,
         prepare_threads=cfg.batching.prepare_threads,
     )

@@ -29,7 +29,7 @@ def test_cli_flags_override_environment(tmp_path: Path) -> None:
     ("env", "needle"),
     [
         ({"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "zero"}, "batching.max_batch_size = 'zero'"),
-        ({"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "0"}, "batching.max_batch_size = 0"),
+        ({"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "-1"}, "batching.max_batch_size = -1"),
         ({"ALTYAZI_SERVER_PORT": "70000"}, "server.port = 70000"),
         ({"ALTYAZI_MODEL_DEVICE": "tpu"}, "model.device = 'tpu'"),
         ({"ALTYAZI_SERVER_NOPE": "1"}, "server.nope"),
@@ -60,3 +60,11 @@ def test_main_prints_one_line_for_bad_config(capsys: pytest.CaptureFixture[str],
     assert main(["serve"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "server.port" in err
+
+
+def test_batch_size_zero_picks_by_device() -> None:
+    from app.runner import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, batch_size_for
+
+    assert batch_size_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cpu"})) == CPU_BATCH_SIZE
+    assert batch_size_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cuda"})) == CUDA_BATCH_SIZE
+    assert batch_size_for(load_config(environ={"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "7"})) == 7
