@@ -181,3 +181,38 @@ def test_queue_full_gives_429_with_retry_after(make_server: Callable[..., LiveSe
         assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
         assert 1 <= int(r.headers["retry-after"]) <= 3600
         live.extra["loop"].call_soon_threadsafe(hold.set)
+
+
+def test_kill_9_during_an_export_restarts_it(tmp_path: Path) -> None:
+    from tests.media import make_video_with_speech
+
+    video = make_video_with_speech(" ".join(VARIED_SENTENCES[:4]), tmp_path / "talk.mp4", size="640x480")
+    data = tmp_path / "data"
+    server = ServerProcess(data).start()
+    try:
+        with server.client() as client:
+            job_id = upload(client, video).json()["id"]
+            assert wait_done(client, job_id)["status"] == "done"
+            export_id = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "burn", "preset": "veryslow", "crf": 5}).json()["id"]
+            deadline = time.monotonic() + 30
+            while client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json()["status"] != "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        server.signal(signal.SIGKILL)
+        server.wait(10)
+    finally:
+        server.stop()
+    again = ServerProcess(data).start()
+    try:
+        with again.client() as client:
+            deadline = time.monotonic() + 240
+            while (export := client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json())["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert export["status"] == "done", export
+            body = client.get(f"/v1/jobs/{job_id}/exports/{export_id}/file").content
+            assert len(body) == export["size_bytes"] > 0
+        leftovers = [p.name for p in (data / "jobs" / job_id).rglob("*") if p.name.endswith(".part")]
+        assert leftovers == []
+    finally:
+        again.stop()
