@@ -1,8 +1,9 @@
 import os
 
 # numpy's OpenBLAS starts a thread pool of its own for the mel-filter matmul of
-# feature extraction. Called from several worker threads at once it competes
-# with the model's threads, and under load it was seen spinning without end
-# (OpenBLAS inner_thread) and stalling every batch. One BLAS thread per caller;
-# this must run before numpy is imported, hence here.
+# feature extraction. With that pool alive, uvloop forking an ffmpeg child
+# while a feature thread sat in a matmul deadlocked the whole server (the
+# fork handler waits for the BLAS workers, which wait for the GIL), and under
+# load the pool also competed with the model's threads. One BLAS thread per
+# caller; this must run before numpy is imported, hence here.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
