@@ -40,24 +40,29 @@ class EventHub:
         self._subscribers: dict[str, set[asyncio.Queue[EventRecord | Shutdown]]] = defaultdict(set)
         self._closing = False
         # Appends of one job are serialised so that sequence numbers reach
-        # subscribers in the order they were committed.
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # subscribers in the order they were committed. A job's lock lives
+        # while someone publishes for it (counted), so idle jobs hold none.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
 
     async def publish(self, job_id: str, type: str, data: dict[str, Any]) -> EventRecord:
-        async with self._locks[job_id]:
-            record = await self._store.append_event(job_id, type, data)
-            for queue in self._subscribers.get(job_id, ()):
-                queue.put_nowait(record)
-        if type in FINAL_EVENTS:
-            self._locks.pop(job_id, None)
+        lock, users = self._locks.get(job_id) or (asyncio.Lock(), 0)
+        self._locks[job_id] = (lock, users + 1)
+        try:
+            async with lock:
+                record = await self._store.append_event(job_id, type, data)
+                for queue in self._subscribers.get(job_id, ()):
+                    queue.put_nowait(record)
+        finally:
+            lock, users = self._locks[job_id]
+            if users == 1:
+                del self._locks[job_id]
+            else:
+                self._locks[job_id] = (lock, users - 1)
         return record
-
-    def forget(self, job_id: str) -> None:
-        self._locks.pop(job_id, None)
 
     def close(self) -> None:
         """Tell every open stream to finish (graceful shutdown)."""

@@ -169,5 +169,4 @@ class AppState:
             await self.store.update_job(job.id, status="cancelled", stage="cancelled", finished_at=time.time())
             await self.hub.publish(job.id, "cancelled", {"status": "cancelled"})
         await self.store.delete_job(job.id)
-        self.hub.forget(job.id)
         await anyio.to_thread.run_sync(self.files.remove, job.id)

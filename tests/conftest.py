@@ -131,6 +131,16 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[s
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
+def wait_export(client: httpx.Client, job_id: str, export_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        export = client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json()
+        if export["status"] not in ("queued", "running"):
+            return export  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"export {export_id} did not finish in {timeout} s")
+
+
 def add_keys(data_dir: Path, *names: str, **limits: Any) -> dict[str, str]:
     """Create API keys in ``<data_dir>/keys.json`` (the default keys file); answers name -> key.
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, wait_done
+from tests.conftest import LiveServer, wait_done, wait_export
 from tests.media import VARIED_SENTENCES, make_long_speech, make_tone, speak
 from tests.procserver import ServerProcess
 
@@ -205,10 +205,7 @@ def test_kill_9_during_an_export_restarts_it(tmp_path: Path) -> None:
     again = ServerProcess(data).start()
     try:
         with again.client() as client:
-            deadline = time.monotonic() + 240
-            while (export := client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json())["status"] in ("queued", "running"):
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            export = wait_export(client, job_id, export_id, timeout=240)
             assert export["status"] == "done", export
             body = client.get(f"/v1/jobs/{job_id}/exports/{export_id}/file").content
             assert len(body) == export["size_bytes"] > 0

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.conftest import LiveServer, wait_done
+from tests.conftest import LiveServer, wait_done, wait_export
 from tests.media import make_video_with_speech, speak
 
 
@@ -26,16 +26,6 @@ def new_done_job(client: httpx.Client, path: Path) -> str:
         job_id = client.post("/v1/jobs", files={"file": (path.name, fh)}, data={"language": "en"}).json()["id"]
     assert wait_done(client, job_id)["status"] == "done"
     return job_id
-
-
-def wait_export(client: httpx.Client, job_id: str, export_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        e = client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json()
-        if e["status"] not in ("queued", "running"):
-            return e  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError("export did not finish")
 
 
 def ffprobe_streams(path: Path) -> list[dict[str, Any]]:

@@ -9,23 +9,13 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, add_keys, bearer, wait_done
+from tests.conftest import LiveServer, add_keys, bearer, wait_done, wait_export
 from tests.media import make_video_with_speech
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video_with_speech("private words of alice", tmp_path_factory.mktemp("m") / "alice.mp4")
-
-
-def wait_export(client: httpx.Client, job_id: str, export_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        e = client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json()
-        if e["status"] not in ("queued", "running"):
-            return e  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError("export did not finish")
 
 
 def test_two_keys_cannot_see_or_touch_each_others_jobs(make_server: Callable[..., LiveServer], tmp_path: Path, clip: Path) -> None:
