@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from app import keys_cli
-from app.auth import KeysFileError, KeyStore, keys_path, unauthenticated_remote_problem
+from app.api.auth import KeysFileError, KeyStore, keys_path, unauthenticated_remote_problem
 from app.config import Config, ConfigError, load_config
 
 log = logging.getLogger("altyazi")
@@ -56,8 +56,8 @@ def check_auth(cfg: Config) -> str | None:
 
 def serve(cfg: Config) -> int:
     from app.logs import setup_logging
-    from app.models import ModelError
-    from app.runner import run_server
+    from app.model_files import ModelError
+    from app.serving import run_server
 
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     problem = check_auth(cfg)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from app.auth import ApiKey, KeysFileError, keys_path, load_keys, new_key, save_keys
+from app.api.auth import ApiKey, KeysFileError, keys_path, load_keys, new_key, save_keys
 from app.config import Config, ConfigError, load_config
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.export import ExportOptions, _burn_args, build_ass, render_export  # noqa: E402
-from app.ffmpeg import FfmpegPool  # noqa: E402
-from app.media import MediaInfo  # noqa: E402
+from app.media.render import ExportOptions, _burn_args, build_ass, render_export  # noqa: E402
+from app.media.ffmpeg import FfmpegPool  # noqa: E402
+from app.media.probe import MediaInfo  # noqa: E402
 from batching.types import Segment  # noqa: E402
 
 
@@ -92,7 +92,7 @@ TINY_EN = Path(__file__).resolve().parent.parent / ".venv/lib/python3.11/site-pa
 async def transcription_speed(folder: Path, windows: int, exports: list | None) -> tuple[float, float]:
     """Audio-seconds per wall-second of ``windows`` 30 s windows of speech, and the
     wall time; ``exports`` are coroutines to run at the same time."""
-    from app.windows import plan_windows
+    from app.pipeline.windows import plan_windows
     from batching.types import AudioRef, DecodeOptions, WindowRequest
     from batching.whisper_engine import WhisperEngine
     from tests.media import VARIED_SENTENCES, make_long_speech, to_pcm

@@ -105,7 +105,7 @@ step_model() {
     [[ $DRY_RUN == 1 && ! -x $VENV/bin/python ]] && { say "would prepare model base in $DATA_DIR"; return 0; }
     local path
     # Fast when already verified: the resolver compares sizes against its marker.
-    path="$(run "$VENV/bin/python" -m app.models prepare base --data-dir "$DATA_DIR")" \
+    path="$(run "$VENV/bin/python" -m app.model_files prepare base --data-dir "$DATA_DIR")" \
         || die "the default model could not be prepared (see the line above)"
     [[ -n $path ]] && say "model base ready in $path"
     return 0

@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from app.config import Config, load_config
-from app.server import create_app
+from app.application import create_app
 from batching.types import Engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,8 +114,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
 
 def tiny_engine_factory(cfg: Config) -> tuple[Engine, bool, str]:
-    from app.models import resolve_model
-    from app.runner import engine_for
+    from app.model_files import resolve_model
+    from app.serving import engine_for
 
     resolved = resolve_model(TINY_EN, cfg.storage.data_dir)
     return engine_for(cfg, resolved), resolved.multilingual, resolved.name
@@ -147,7 +147,7 @@ def add_keys(data_dir: Path, *names: str, **limits: Any) -> dict[str, str]:
     ``limits`` (max_active_jobs, max_queued_jobs, max_upload_mb, rate_per_minute)
     apply to every key made by this call.
     """
-    from app.auth import load_keys, new_key, save_keys
+    from app.api.auth import load_keys, new_key, save_keys
 
     path = data_dir / "keys.json"
     keys = load_keys(path)

@@ -14,11 +14,11 @@ from typing import Callable
 
 import pytest
 
-from app import auth
+from app.api import auth
 from app.__main__ import check_auth
-from app.auth import KeyStore, is_loopback, load_keys, new_key, save_keys, split_key, unauthenticated_remote_problem
+from app.api.auth import KeyStore, is_loopback, load_keys, new_key, save_keys, split_key, unauthenticated_remote_problem
 from app.config import load_config
-from app.ratelimit import RateLimiter
+from app.api.ratelimit import RateLimiter
 from tests.conftest import REPO, LiveServer, add_keys, bearer
 from tests.media import speak
 

@@ -112,7 +112,7 @@ def test_sigterm_ends_sse_streams_and_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_draining_server_refuses_uploads(make_server: Callable[..., LiveServer], tmp_path: Path) -> None:
-    from app.server import begin_drain
+    from app.application import begin_drain
 
     live = make_server()
     wav = speak("hello", tmp_path / "h.wav")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pysubs2
 import pytest
 
-from app.export import (
+from app.media.render import (
     ExportOptionError,
     ExportOptions,
     ExportStyle,
@@ -23,8 +23,8 @@ from app.export import (
     render_export,
     wrap_text,
 )
-from app.ffmpeg import FfmpegError, FfmpegPool, FfmpegTimeout
-from app.media import MediaInfo
+from app.media.ffmpeg import FfmpegError, FfmpegPool, FfmpegTimeout
+from app.media.probe import MediaInfo
 from batching.types import Segment
 from tests.test_media import CLIP_SECONDS, make_media, pytestmark  # noqa: F401
 

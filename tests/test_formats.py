@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from app.formats import (
+from app.media.formats import (
     FORMATS,
     SegmentError,
     render,

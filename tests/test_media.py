@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.ffmpeg import FfmpegPool
-from app.media import MediaError, MediaInfo, check_media, parse_probe
+from app.media.ffmpeg import FfmpegPool
+from app.media.probe import MediaError, MediaInfo, check_media, parse_probe
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("ffmpeg") and shutil.which("ffprobe") and shutil.which("espeak-ng")),
@@ -193,7 +193,7 @@ def test_in_process_header_read_agrees_with_ffprobe(tmp_path: Path) -> None:
     import json
     import subprocess
 
-    from app.media import parse_probe, read_headers
+    from app.media.probe import parse_probe, read_headers
     from tests.media import make_video_with_speech, speak
 
     wav = speak("one two three", tmp_path / "s.wav")

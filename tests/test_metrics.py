@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.looplag import LoopLagMonitor
+from app.api.looplag import LoopLagMonitor
 from tests.conftest import LiveServer, wait_done
 from tests.media import speak
 

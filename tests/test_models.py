@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app import models
-from app.models import BASE_SHA256, ModelError, ResolvedModel, prepare_base, resolve_model
+from app import model_files as models
+from app.model_files import BASE_SHA256, ModelError, ResolvedModel, prepare_base, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Recorded speech lies beside the checkout, never inside it (DESIGN.md, "Test media").

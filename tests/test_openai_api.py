@@ -271,8 +271,8 @@ def test_batch_metrics_move_with_tiny_en(tiny: LiveServer, clips: dict[str, Path
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 def test_translation_with_multilingual_base(make_server: Callable[..., LiveServer], tmp_path: Path) -> None:
-    from app.models import resolve_model
-    from app.runner import engine_for
+    from app.model_files import resolve_model
+    from app.serving import engine_for
 
     # The joined base model lives under the checkout's data dir when setup ran; else it is made here.
     prepared = REPO / "data"

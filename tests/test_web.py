@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from app.web import STATIC_DIR
+from app.api.page import STATIC_DIR
 from tests import browser
 from tests.conftest import REPO, LiveServer
 from tests.media import make_video_with_speech

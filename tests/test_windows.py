@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.windows import WindowSpan, plan_windows
+from app.pipeline.windows import WindowSpan, plan_windows
 from batching.types import SAMPLE_RATE
 from tests.media import have_tool, make_long_speech, make_silence, make_tone, make_video_with_speech, speak, to_pcm
 
@@ -169,7 +169,7 @@ def test_bad_arguments(tmp_path: Path):
 _MEMORY_PROBE = textwrap.dedent(
     """
     import json, sys
-    from app.windows import load_vad_model, plan_windows
+    from app.pipeline.windows import load_vad_model, plan_windows
 
     def status_kb(key):
         with open("/proc/self/status") as f:

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import anyio
 
-from app.media import MediaError, MediaInfo, not_media, parse_probe, read_headers
+from app.media.probe import MediaError, MediaInfo, not_media, parse_probe, read_headers
 
 log = logging.getLogger("altyazi.ffmpeg")
 

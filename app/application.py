@@ -23,18 +23,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import api, openai_api
-from app.auth import AuthMiddleware, KeyStore, keys_path
+from app.api import routes as api
+from app.api import openai_routes as openai_api
+from app.api.auth import AuthMiddleware, KeyStore, keys_path
 from app.config import Config
-from app.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
-from app.events import EventHub
-from app.exports import ExportManager
-from app.ffmpeg import FfmpegPool
-from app.jobs import JobManager, ManagerLimits
-from app.looplag import LoopLagMonitor
-from app.metrics import HttpMetricsMiddleware, Metrics
-from app.state import AppState
-from app.web import routes as web_routes
+from app.api.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
+from app.pipeline.events import EventHub
+from app.pipeline.exports import ExportManager
+from app.media.ffmpeg import FfmpegPool
+from app.pipeline.jobs import JobManager, ManagerLimits
+from app.api.looplag import LoopLagMonitor
+from app.api.metrics import HttpMetricsMiddleware, Metrics
+from app.api.state import AppState
+from app.api.page import routes as web_routes
 from batching.types import Engine
 from storage.files import JobFiles
 from storage.retention import RetentionSweeper

@@ -32,8 +32,8 @@ from typing import Any, Awaitable, Callable, MutableMapping
 import anyio
 
 from app.config import Config
-from app.errors import ApiError, error_response
-from app.ratelimit import RateLimiter
+from app.api.errors import ApiError, error_response
+from app.api.ratelimit import RateLimiter
 from storage.files import atomic_write_text
 
 log = logging.getLogger("altyazi.auth")

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import pysubs2
 
-from app.ffmpeg import FfmpegPool, file_url, fraction_reporter
-from app.media import MediaInfo
+from app.media.ffmpeg import FfmpegPool, file_url, fraction_reporter
+from app.media.probe import MediaInfo
 from batching.types import Segment
 
 Mode = Literal["burn", "soft"]

@@ -19,12 +19,12 @@ from typing import Any
 
 import anyio
 
-from app.errors import ApiError
-from app.events import EventHub
-from app.export import ExportOptionError, ExportOptions, output_name, render_export
-from app.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout
-from app.jobs import segment_from_dict
-from app.media import MediaInfo
+from app.api.errors import ApiError
+from app.pipeline.events import EventHub
+from app.media.render import ExportOptionError, ExportOptions, output_name, render_export
+from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout
+from app.pipeline.jobs import segment_from_dict
+from app.media.probe import MediaInfo
 from storage.files import JobFiles
 from storage.store import ExportRecord, JobRecord, JobStore
 

@@ -122,7 +122,7 @@ def resolve_model(name: str, data_dir: Path) -> ResolvedModel:
 
 
 def _hub_model_names() -> list[str]:
-    # Imported here so that `python -m app.models prepare base` and the fast paths
+    # Imported here so that `python -m app.model_files prepare base` and the fast paths
     # don't pay for importing faster-whisper (and through it onnxruntime, av...).
     try:
         from faster_whisper.utils import available_models
@@ -339,7 +339,7 @@ def _fsync_dir(path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.models",
+        prog="python -m app.model_files",
         description="Resolve (and for 'base', join and verify) a Whisper model.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

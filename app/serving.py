@@ -13,8 +13,8 @@ import uvicorn
 
 from app import sdnotify
 from app.config import Config
-from app.models import ResolvedModel, resolve_model
-from app.server import begin_drain, create_app
+from app.model_files import ResolvedModel, resolve_model
+from app.application import begin_drain, create_app
 from batching.types import Engine
 
 log = logging.getLogger("altyazi.server")

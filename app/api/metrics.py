@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.looplag import LoopLagMonitor
+from app.api.looplag import LoopLagMonitor
 
 log = logging.getLogger("altyazi.metrics")
 access_log = logging.getLogger("altyazi.access")

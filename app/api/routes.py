@@ -18,14 +18,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.errors import ApiError, not_found
-from app.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
-from app.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
-from app.jobs import segment_from_dict
-from app.media import MediaError, check_media
-from app.options import JobOptions
-from app.state import AppState, owner_of
-from app.uploads import receive_upload
+from app.api.errors import ApiError, not_found
+from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
+from app.media.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
+from app.pipeline.jobs import segment_from_dict
+from app.media.probe import MediaError, check_media
+from app.pipeline.options import JobOptions
+from app.api.state import AppState, owner_of
+from app.api.uploads import receive_upload
 from storage.files import atomic_write_json, free_bytes, safe_filename
 from storage.store import FINAL_STATUSES, ExportRecord, InvalidCursor, JobRecord
 

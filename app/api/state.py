@@ -11,14 +11,14 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 
-from app.auth import ApiKey, KeyStore
+from app.api.auth import ApiKey, KeyStore
 from app.config import Config
-from app.errors import ApiError
-from app.events import EventHub
-from app.ffmpeg import FfmpegPool
-from app.exports import ExportManager
-from app.jobs import JobManager
-from app.options import JobOptions
+from app.api.errors import ApiError
+from app.pipeline.events import EventHub
+from app.media.ffmpeg import FfmpegPool
+from app.pipeline.exports import ExportManager
+from app.pipeline.jobs import JobManager
+from app.pipeline.options import JobOptions
 from batching.types import Engine
 from storage.files import JobFiles, free_bytes
 from storage.store import ExportRecord, JobRecord, JobStore
@@ -144,7 +144,7 @@ class AppState:
     # ---- shared operations ----------------------------------------------------
 
     def export_json(self, export: ExportRecord) -> dict[str, Any]:
-        from app.api import iso
+        from app.api.routes import iso
 
         return {
             "id": export.id,

@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 import anyio
 
-from app.admission import Admission
-from app.events import EventHub
-from app.ffmpeg import DiskFull, FfmpegError, FfmpegPool
-from app.formats import segment_to_dict, transcript_to_dict
-from app.options import JobOptions
-from app.windows import plan_windows
+from app.pipeline.admission import Admission
+from app.pipeline.events import EventHub
+from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool
+from app.media.formats import segment_to_dict, transcript_to_dict
+from app.pipeline.options import JobOptions
+from app.pipeline.windows import plan_windows
 from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
 from storage.files import JobFiles, atomic_write_json
 from storage.store import JobRecord, JobStore

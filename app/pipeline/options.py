@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from app.errors import ApiError
+from app.api.errors import ApiError
 from batching.types import DecodeOptions
 
 # Whisper's language codes (tokenizer.py of openai/whisper), so a typo fails at upload time.

@@ -17,7 +17,7 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import ApiError
+from app.api.errors import ApiError
 
 FLUSH_BYTES = 1 << 20
 MAX_FIELDS = 32

@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.api import accept_upload, state_of
-from app.errors import ApiError
-from app.events import CaughtUp, Shutdown
-from app.formats import to_srt, to_vtt, transcript_to_dict
-from app.jobs import segment_from_dict
-from app.options import JobOptions, parse_bool
-from app.state import AppState
+from app.api.routes import accept_upload, state_of
+from app.api.errors import ApiError
+from app.pipeline.events import CaughtUp, Shutdown
+from app.media.formats import to_srt, to_vtt, transcript_to_dict
+from app.pipeline.jobs import segment_from_dict
+from app.pipeline.options import JobOptions, parse_bool
+from app.api.state import AppState
 from storage.files import JobFiles
 from storage.store import EventRecord, JobRecord, JobStore
 
