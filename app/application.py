@@ -28,6 +28,8 @@ from app.api import openai_routes as openai_api
 from app.api.auth import AuthMiddleware, KeyStore, keys_path
 from app.config import Config
 from app.api.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
+from app.media.probe import MediaError
+from app.pipeline.errors import PipelineError
 from app.pipeline.events import EventHub
 from app.pipeline.exports import ExportManager
 from app.media.ffmpeg import FfmpegPool
@@ -149,6 +151,8 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,
+            PipelineError: api_error_handler,
+            MediaError: api_error_handler,
             HTTPException: http_error_handler,
             Exception: unhandled_error_handler,
         },

@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class BatchingConfig:
-    max_batch_size: int = 0  # 0: by device (see app.runner.batch_size_for)
+    max_batch_size: int = 0  # 0: by device (see app.serving.batch_size_for)
     max_wait_ms: float = 10.0
     prepare_threads: int = 2
 
@@ -77,7 +77,7 @@ class LimitsConfig:
 @dataclass
 class AuthConfig:
     # Off by default so `make serve` works at once on 127.0.0.1; the server
-    # refuses to start without keys on any non-loopback address (see app/auth.py).
+    # refuses to start without keys on any non-loopback address (see app/api/auth.py).
     enabled: bool = False
     allow_unauthenticated_remote: bool = False
     keys_file: str = ""  # "" = <storage.data_dir>/keys.json

@@ -105,7 +105,7 @@ def run_server(cfg: Config) -> int:
         host=cfg.server.host,
         port=cfg.server.port,
         log_config=None,  # keep altyazi's own log format
-        access_log=False,  # app.metrics.HttpMetricsMiddleware writes the access log, in that format
+        access_log=False,  # app.api.metrics.HttpMetricsMiddleware writes the access log, in that format
         # Half the shutdown budget for open requests (uploads), half for the batch on the model.
         timeout_graceful_shutdown=max(1, int(cfg.server.shutdown_timeout_s / 2)),
         lifespan="on",

@@ -3,7 +3,7 @@
 Key A queues 20 short clips, then key B queues 2. Two layers keep B ahead of
 most of A's backlog: admission runs at most a key's ``max_active_jobs`` (4 by
 default) at once and starts queued jobs round-robin by owner
-(app/admission.py), so A's backlog waits there rather than in the FIFO
+(app/pipeline/admission.py), so A's backlog waits there rather than in the FIFO
 stages before the batcher (extraction, VAD); the batcher then fills each batch
 round-robin by owner (batching/fair.py). Both the default server limits and a
 server that runs only two jobs at once are tested.

@@ -8,6 +8,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.media.probe import MediaError
+from app.pipeline.errors import InvalidRequest, NotReady, PipelineError
+
 log = logging.getLogger("altyazi.http")
 
 
@@ -38,13 +41,27 @@ def not_found(what: str = "job") -> ApiError:
     return ApiError(404, f"{what}_not_found", f"No {what} with that id exists (it may have been deleted).")
 
 
+# The one place where the lower layers' errors get HTTP statuses.
+_PIPELINE_STATUS: dict[type[PipelineError], int] = {InvalidRequest: 422, NotReady: 409}
+
+
+def as_api_error(exc: ApiError | PipelineError | MediaError) -> ApiError:
+    """The API's error for one of the pipeline's or media's own errors (an ApiError as it is)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, MediaError):
+        return ApiError(exc.status, exc.code, exc.message)
+    status = next((s for cls, s in _PIPELINE_STATUS.items() if isinstance(exc, cls)), 400)
+    return ApiError(status, exc.code, exc.message, extra={"field": exc.field} if exc.field is not None else None)
+
+
 def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc)
+    assert isinstance(exc, (ApiError, PipelineError, MediaError))
+    return error_response(as_api_error(exc))
 
 
 _HTTP_CODES = {

@@ -5,7 +5,7 @@ blocking call on the loop (a model call, file hashing, a large JSON dump) shows
 up as lag, which is why habit 1 of the style guide ("the loop never blocks") can
 be checked from the outside: /metrics exposes the histogram and the maximum.
 
-It keeps its own counters (no prometheus dependency here); ``app.metrics``
+It keeps its own counters (no prometheus dependency here); ``app.api.metrics``
 turns a :meth:`LoopLagMonitor.snapshot` into Prometheus families.
 """
 

@@ -31,7 +31,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.api.routes import accept_upload, state_of
-from app.api.errors import ApiError
+from app.api.errors import ApiError, as_api_error
+from app.media.probe import MediaError
+from app.pipeline.errors import PipelineError
 from app.pipeline.events import CaughtUp, Shutdown
 from app.media.formats import to_srt, to_vtt, transcript_to_dict
 from app.pipeline.jobs import segment_from_dict
@@ -82,7 +84,7 @@ def parse_fields(raw: Mapping[str, str], task: str) -> tuple[OpenAIRequest, JobO
         raise param_error("response_format", f"{response_format[:40]!r} is not one of {', '.join(RESPONSE_FORMATS)}")
     try:
         stream = parse_bool("stream", raw.get("stream") or False)
-    except ApiError as exc:
+    except PipelineError as exc:
         raise param_error("stream", "expected true or false") from exc
     try:
         temperature = float(raw.get("temperature") or 0.0)
@@ -153,7 +155,7 @@ async def _events(state: AppState, job_id: str, heartbeat_s: float | None) -> As
     """The job's events; ``None`` after ``heartbeat_s`` of silence.
 
     A pump task owns the hub subscription, so a heartbeat timeout only cancels
-    a wait on the local queue, never the subscription (as app.api does).
+    a wait on the local queue, never the subscription (as app.api.routes does).
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
     end = object()
@@ -348,8 +350,8 @@ async def _handle(request: Request, task: str) -> Response:
     parser = _Parser(task)
     try:
         job = await accept_upload(request, parser, tags={"via": VIA})
-    except ApiError as exc:
-        return openai_error(exc)
+    except (ApiError, PipelineError, MediaError) as exc:
+        return openai_error(as_api_error(exc))
     assert parser.request is not None
     state = state_of(request)
     log.info(

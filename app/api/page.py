@@ -1,6 +1,6 @@
 """The web page at ``/`` and its static files, served with strict security headers.
 
-The page is plain HTML, CSS and JavaScript from ``app/static`` (no build step,
+The page is plain HTML, CSS and JavaScript from ``app/api/static`` (no build step,
 nothing from a CDN). It talks to the v1 API with ``fetch`` only, so the policy
 can forbid inline script and every origin but our own. ``blob:`` is allowed for
 media alone: the player plays the user's local file and the subtitle track

@@ -22,7 +22,7 @@ from app.api.errors import ApiError, not_found
 from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
 from app.media.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
 from app.pipeline.jobs import segment_from_dict
-from app.media.probe import MediaError, check_media
+from app.media.probe import check_media
 from app.pipeline.options import JobOptions
 from app.api.state import AppState, owner_of
 from app.api.uploads import receive_upload
@@ -42,6 +42,23 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def export_json(export: ExportRecord) -> dict[str, Any]:
+    return {
+        "id": export.id,
+        "status": export.status,
+        "progress": round(export.progress, 4),
+        "options": export.options,
+        "error": {"code": export.error_code, "message": export.error_message} if export.error_code else None,
+        "created_at": iso(export.created_at),
+        "finished_at": iso(export.finished_at),
+        "size_bytes": export.size_bytes,
+        "links": {
+            "self": f"/v1/jobs/{export.job_id}/exports/{export.id}",
+            "file": f"/v1/jobs/{export.job_id}/exports/{export.id}/file",
+        },
+    }
 
 
 def state_of(request: Request) -> AppState:
@@ -64,7 +81,7 @@ async def job_json(state: AppState, job: JobRecord, *, request: Request | None =
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
-        "exports": [state.export_json(e) for e in exports],
+        "exports": [export_json(e) for e in exports],
         "links": {
             "self": f"/v1/jobs/{job.id}",
             "events": f"/v1/jobs/{job.id}/events",
@@ -96,7 +113,7 @@ async def accept_upload(
     *,
     tags: dict[str, Any] | None = None,
 ) -> JobRecord:
-    """Upload to disk, probe, record and start a job; shared with app.openai_api.
+    """Upload to disk, probe, record and start a job; shared with app.api.openai_routes.
 
     ``parse_options`` turns the query and form fields into options; ``tags``
     are stored beside them in ``job.options`` (the OpenAI routes mark their jobs).
@@ -130,11 +147,8 @@ async def accept_upload(
         filename = safe_filename(upload.filename or "upload")
         source = state.files.input_path(job_id, Path(filename).suffix)
         upload.path.replace(source)
-        try:
-            info = await state.pool.probe(source)
-            check_media(info, max_duration_s=state.cfg.storage.max_duration_s)
-        except MediaError as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
+        info = await state.pool.probe(source)
+        check_media(info, max_duration_s=state.cfg.storage.max_duration_s)
         now = time.time()
         job = JobRecord(
             id=job_id,
@@ -367,7 +381,7 @@ async def create_export(request: Request) -> Response:
     raw = await read_json_body(request, limit=64 * 1024)
     options = state.exports.parse(raw)
     record = await state.exports.create(job, options, new_id())
-    return JSONResponse(state.export_json(record), status_code=202, headers={"Location": f"/v1/jobs/{job.id}/exports/{record.id}"})
+    return JSONResponse(export_json(record), status_code=202, headers={"Location": f"/v1/jobs/{job.id}/exports/{record.id}"})
 
 
 async def load_export(request: Request) -> tuple[JobRecord, ExportRecord]:
@@ -381,7 +395,7 @@ async def load_export(request: Request) -> tuple[JobRecord, ExportRecord]:
 
 async def get_export(request: Request) -> Response:
     _, export = await load_export(request)
-    return JSONResponse(state_of(request).export_json(export))
+    return JSONResponse(export_json(export))
 
 
 async def delete_export(request: Request) -> Response:

@@ -6,7 +6,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -21,7 +20,7 @@ from app.pipeline.jobs import JobManager
 from app.pipeline.options import JobOptions
 from batching.types import Engine
 from storage.files import JobFiles, free_bytes
-from storage.store import ExportRecord, JobRecord, JobStore
+from storage.store import JobRecord, JobStore
 
 log = logging.getLogger("altyazi.state")
 
@@ -77,7 +76,7 @@ class AppState:
         if key is None:
             return  # keys off: one anonymous owner is the whole server, so only the global limits apply
         # A key's first max_active jobs run, the next max_queued wait their turn
-        # (app/admission.py); only past both is an upload refused.
+        # (app/pipeline/admission.py); only past both is an upload refused.
         max_active = self.active_cap(owner) or limits.max_active_jobs_per_key
         max_queued = key.max_queued_jobs or limits.max_queued_jobs_per_key
         have = await self.store.count_jobs(["queued", "running"], owner=owner)
@@ -142,24 +141,6 @@ class AppState:
             )
 
     # ---- shared operations ----------------------------------------------------
-
-    def export_json(self, export: ExportRecord) -> dict[str, Any]:
-        from app.api.routes import iso
-
-        return {
-            "id": export.id,
-            "status": export.status,
-            "progress": round(export.progress, 4),
-            "options": export.options,
-            "error": {"code": export.error_code, "message": export.error_message} if export.error_code else None,
-            "created_at": iso(export.created_at),
-            "finished_at": iso(export.finished_at),
-            "size_bytes": export.size_bytes,
-            "links": {
-                "self": f"/v1/jobs/{export.job_id}/exports/{export.id}",
-                "file": f"/v1/jobs/{export.job_id}/exports/{export.id}/file",
-            },
-        }
 
     async def delete_job(self, job: JobRecord) -> None:
         """Cancel whatever runs for the job, announce it, then remove its rows and files."""

@@ -2,7 +2,7 @@
 
 ``parse_probe`` turns ffprobe's JSON into a small :class:`MediaInfo`;
 ``check_media`` decides whether the file may become a job. Running ffprobe
-lives in :mod:`app.ffmpeg` (it goes through the shared process pool); this
+lives in :mod:`app.media.ffmpeg` (it goes through the shared process pool); this
 module is pure and fast to test.
 """
 

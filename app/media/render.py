@@ -411,7 +411,7 @@ async def render_export(
 
     ``work_dir`` must belong to this export alone (the subtitle files in it have fixed
     names). Raises :class:`ExportOptionError` before starting ffmpeg for impossible
-    requests, :class:`~app.ffmpeg.FfmpegError` (or its ``FfmpegTimeout``/``DiskFull``)
+    requests, :class:`~app.media.ffmpeg.FfmpegError` (or its ``FfmpegTimeout``/``DiskFull``)
     when ffmpeg fails.
     """
     if options.mode == "burn" and not media.has_video:

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from app.api.errors import ApiError
+from app.pipeline.errors import InvalidRequest, NotReady
 from app.pipeline.events import EventHub
 from app.media.render import ExportOptionError, ExportOptions, output_name, render_export
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout
@@ -49,11 +49,11 @@ class ExportManager:
 
     def parse(self, body: Any) -> ExportOptions:
         if not isinstance(body, dict):
-            raise ApiError(422, "invalid_export_option", "The body must be a JSON object such as {\"mode\": \"soft\"}.")
+            raise InvalidRequest("invalid_export_option", "The body must be a JSON object such as {\"mode\": \"soft\"}.")
         try:
             return ExportOptions.from_dict(body, default_crf=self.crf, default_preset=self.preset)
         except ExportOptionError as exc:
-            raise ApiError(422, exc.code, exc.message, extra={"field": exc.field}) from None
+            raise InvalidRequest(exc.code, exc.message, field=exc.field) from None
 
     def active_for(self, job_id: str) -> int:
         return len(self._by_job.get(job_id, ()))
@@ -64,9 +64,9 @@ class ExportManager:
 
     async def create(self, job: JobRecord, options: ExportOptions, export_id: str) -> ExportRecord:
         if job.status != "done":
-            raise ApiError(409, "not_ready", f"Exports need a finished transcript; the job is {job.status}.")
+            raise NotReady("not_ready", f"Exports need a finished transcript; the job is {job.status}.")
         if options.mode == "burn" and job.media and not job.media.get("has_video"):
-            raise ApiError(422, "invalid_export_option", "Export option 'mode' is invalid: burn needs a video stream; this file is audio only, use \"soft\" instead", extra={"field": "mode"})
+            raise InvalidRequest("invalid_export_option", "Export option 'mode' is invalid: burn needs a video stream; this file is audio only, use \"soft\" instead", field="mode")
         now = time.time()
         record = ExportRecord(
             id=export_id,

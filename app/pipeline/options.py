@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from app.api.errors import ApiError
+from app.pipeline.errors import InvalidRequest
 from batching.types import DecodeOptions
 
 # Whisper's language codes (tokenizer.py of openai/whisper), so a typo fails at upload time.
@@ -20,8 +20,8 @@ KNOWN = ("language", "task", "word_timestamps", "vad", "initial_prompt")
 TRANSPORT = frozenset({"filename"})
 
 
-def bad_option(name: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_option", f"{name}: {message}", extra={"field": name})
+def bad_option(name: str, message: str) -> InvalidRequest:
+    return InvalidRequest("invalid_option", f"{name}: {message}", field=name)
 
 
 def parse_bool(name: str, raw: Any) -> bool:
@@ -47,11 +47,10 @@ class JobOptions:
     def parse(cls, raw: Mapping[str, Any]) -> JobOptions:
         unknown = sorted(k for k in raw if k not in KNOWN and k not in TRANSPORT)
         if unknown:
-            raise ApiError(
-                422,
+            raise InvalidRequest(
                 "unknown_option",
                 f"Unknown option {unknown[0][:60]!r}; known options are {', '.join(KNOWN)}.",
-                extra={"field": unknown[0][:60]},
+                field=unknown[0][:60],
             )
         language: str | None = None
         if (lang := raw.get("language")) not in (None, ""):
