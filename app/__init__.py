@@ -1,9 +1,4 @@
-import os
-
-# numpy's OpenBLAS starts a thread pool of its own for the mel-filter matmul of
-# feature extraction. With that pool alive, uvloop forking an ffmpeg child
-# while a feature thread sat in a matmul deadlocked the whole server (the
-# fork handler waits for the BLAS workers, which wait for the GIL), and under
-# load the pool also competed with the model's threads. One BLAS thread per
-# caller; this must run before numpy is imported, hence here.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# batching/__init__.py pins numpy's OpenBLAS to one thread (why: see there); that
+# has to happen before numpy is first imported, and app's modules import numpy,
+# so the package is loaded first. One place sets the variable.
+import batching  # noqa: F401

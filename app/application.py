@@ -59,7 +59,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         data_dir = Path(cfg.storage.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the first request
         store = await JobStore.open(data_dir / "altyazi.db")
         files = JobFiles(data_dir)
         pool = FfmpegPool(

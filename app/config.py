@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class BatchingConfig:
-    max_batch_size: int = 0  # 0: by device (see app.serving.batch_size_for)
+    max_batch_size: int = 0  # 0: by device (see batching.whisper_engine.default_batch_size)
     max_wait_ms: float = 10.0
     prepare_threads: int = 2
 
@@ -221,10 +221,10 @@ def load_config(
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
-        section = next((s for s in sections if rest.startswith(s + "_")), None)
-        if section is None:
+        env_section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if env_section is None:
             continue  # ALTYAZI_* variables of other tools (or typos of sections) are not ours to judge
-        _apply(cfg, section, rest[len(section) + 1 :], raw, f"environment {name}")
+        _apply(cfg, env_section, rest[len(env_section) + 1 :], raw, f"environment {name}")
     for dotted, raw in (overrides or {}).items():
         if raw is None:
             continue

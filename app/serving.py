@@ -10,11 +10,13 @@ import sys
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from app import sdnotify
 from app.config import Config
 from app.model_files import ResolvedModel, resolve_model
 from app.application import begin_drain, create_app
+from batching.batcher import BatcherOptions
 from batching.types import Engine
 
 log = logging.getLogger("altyazi.server")
@@ -28,7 +30,7 @@ class DrainingServer(uvicorn.Server):
     a last ``status`` event on every stream) must start at the signal itself.
     """
 
-    def __init__(self, config: uvicorn.Config, app: object) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self._app = app
 
@@ -52,27 +54,15 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(begin_drain, self._app)
 
 
-CPU_BATCH_SIZE = 4
-CUDA_BATCH_SIZE = 16
+def batcher_options(cfg: Config) -> BatcherOptions:
+    """The engine's batching options, built once from ``[batching]``; 0 picks the device's batch size."""
+    from batching.whisper_engine import default_batch_size
 
-
-def batch_size_for(cfg: Config) -> int:
-    """``batching.max_batch_size``, or for 0 the device's default.
-
-    On 2 CPU cores with tiny.en int8 (bench/batching.py) the encoder took 0.21 s
-    per window alone and 0.26 s per window in batches of 8, so batching only
-    helps the decoder there, while a batch of 16 holds about 1 GB more memory
-    and makes every window in it wait for the slowest. On a GPU the encoder
-    batches well, and bigger batches are the point.
-    """
-    if cfg.batching.max_batch_size:
-        return cfg.batching.max_batch_size
-    device = cfg.model.device
-    if device == "auto":
-        import ctranslate2
-
-        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    return CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE
+    return BatcherOptions(
+        max_batch_size=cfg.batching.max_batch_size or default_batch_size(cfg.model.device),
+        max_wait_s=cfg.batching.max_wait_ms / 1000.0,
+        prepare_threads=cfg.batching.prepare_threads,
+    )
 
 
 def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
@@ -85,9 +75,7 @@ def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
             "compute_type": cfg.model.compute_type,
             "cpu_threads": cfg.model.cpu_threads,
         },
-        max_batch_size=batch_size_for(cfg),
-        max_wait_s=cfg.batching.max_wait_ms / 1000.0,
-        prepare_threads=cfg.batching.prepare_threads,
+        options=batcher_options(cfg),
     )
 
 

@@ -80,11 +80,32 @@ def default_is_oom(exc: BaseException) -> bool:
 
 
 def _owner_attr(item: Any) -> str:
-    return cast(str, getattr(item, "owner"))
+    return cast(str, item.owner)
 
 
 def _job_attr(item: Any) -> str:
-    return cast(str, getattr(item, "job_id"))
+    return cast(str, item.job_id)
+
+
+@dataclass(frozen=True)
+class BatcherOptions:
+    """How batches close and are prepared; checked here, once, for every batcher.
+
+    No defaults: the server builds these from its config (``app.serving``), and
+    a test or benchmark says what it measures.
+    """
+
+    max_batch_size: int  # most items in one ``run`` call
+    max_wait_s: float  # how long the first arrival waits for company when the model is idle
+    prepare_threads: int  # threads running ``prepare`` ahead of the model
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size!r}")
+        if self.max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s!r}")
+        if self.prepare_threads < 1:
+            raise ValueError(f"prepare_threads must be >= 1, got {self.prepare_threads!r}")
 
 
 @dataclass(frozen=True)
@@ -130,29 +151,21 @@ class MicroBatcher(Generic[T, P, R]):
         run: Callable[[list[T], P], Sequence[R | BaseException]],
         *,
         prepare: Callable[[list[T]], P] | None = None,
-        max_batch_size: int = 16,
-        max_wait_s: float = 0.01,
+        options: BatcherOptions,
         owner_of: Callable[[T], str] = _owner_attr,
         job_of: Callable[[T], str] = _job_attr,
         clock: Clock | None = None,
-        prepare_threads: int = 2,
         is_oom: Callable[[BaseException], bool] = default_is_oom,
         name: str = "model",
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
-        if max_wait_s < 0:
-            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s!r}")
-        if prepare_threads < 1:
-            raise ValueError(f"prepare_threads must be >= 1, got {prepare_threads!r}")
         self._run = run
         self._prepare = prepare
-        self._max_batch_size = max_batch_size
-        self._max_wait_s = max_wait_s
+        self._max_batch_size = options.max_batch_size
+        self._max_wait_s = options.max_wait_s
         self._owner_of = owner_of
         self._job_of = job_of
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._prepare_threads = prepare_threads
+        self._prepare_threads = options.prepare_threads
         self._is_oom = is_oom
         self._name = name
 
@@ -163,6 +176,9 @@ class MicroBatcher(Generic[T, P, R]):
         self._staged: _Staged[T] | None = None
         self._running: list[_Entry[T]] = []
         self._model_busy = False
+        # Set while no batch is on the model; drain() waits on it.
+        self._model_idle = asyncio.Event()
+        self._model_idle.set()
         self._run_started_at = 0.0
         self._ema_run_s: float | None = None
         self._ema_prepare_item_s: float | None = None  # prepare time per item
@@ -234,6 +250,20 @@ class MicroBatcher(Generic[T, P, R]):
             self._shutdown_pools(False)
             for entry in list(self._live):
                 self._finish(entry, closed)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no batch is on the model, at most ``timeout`` seconds; True if none is.
+
+        Queued items stay queued (withdraw them with ``cancel_job`` first); a batch
+        that finishes has its results delivered before this returns.
+        """
+        if self._model_idle.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._model_idle.wait(), timeout=max(0.0, timeout))
+        except TimeoutError:
+            return False
+        return True
 
     async def submit(self, item: T) -> R:
         """Wait for the item's result. An exception from ``prepare`` or ``run``
@@ -433,6 +463,7 @@ class MicroBatcher(Generic[T, P, R]):
         self._last_batch_size = size
         self._running = entries
         self._model_busy = True
+        self._model_idle.clear()
         self._run_started_at = now
         self._model_future = self._model_pool.submit(self._model_job, entries, staged.payload)
 
@@ -551,6 +582,7 @@ class MicroBatcher(Generic[T, P, R]):
             self._fail_batch(leftovers, RuntimeError(f"{self._name}: no result was delivered"), "model thread")
         self._running = []
         self._model_busy = False
+        self._model_idle.set()
         self._wakeup.set()
 
     def _finish(self, entry: _Entry[T], exc: BaseException | None, result: Any = None) -> None:

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from batching.types import Segment, WindowRequest, WindowResult, Word
+from batching.types import EngineStats, Segment, WindowRequest, WindowResult, Word
 
 Sleep = Callable[[float], Awaitable[None]]
 Key = tuple[str, int]  # (job_id, window index)
@@ -24,7 +24,19 @@ class FakeEngineError(RuntimeError):
 
 
 @dataclass
-class FakeStats:
+class _Counts:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    queued: int = 0
+    running: int = 0  # windows past ``hold``, being "decoded"
+
+
+@dataclass(frozen=True)
+class FakeStats(EngineStats):
+    """The engine's counters (each window is a batch of one), plus the fake's own names."""
+
     submitted: int = 0
     completed: int = 0
     failed: int = 0
@@ -44,7 +56,9 @@ class FakeEngine:
     stopped: bool = False
 
     def __post_init__(self) -> None:
-        self.stats = FakeStats()
+        self._counts = _Counts()
+        self._idle = asyncio.Event()  # set while no window is being decoded
+        self._idle.set()
         # windows waiting (on hold or delay), per job, for cancel_job / queue_position
         self._waiting: dict[str, dict[int, asyncio.Task[WindowResult]]] = {}
 
@@ -64,8 +78,8 @@ class FakeEngine:
         if not self.started or self.stopped:
             raise RuntimeError("the engine is not running")
         self.calls.append(window)
-        self.stats.submitted += 1
-        self.stats.queued += 1
+        self._counts.submitted += 1
+        self._counts.queued += 1
         # A task per window, so cancel_job can withdraw it as the real batcher does.
         task = asyncio.ensure_future(self._work(window))
         self._waiting.setdefault(window.job_id, {})[id(task)] = task
@@ -73,10 +87,10 @@ class FakeEngine:
             return await task
         except asyncio.CancelledError:
             task.cancel()
-            self.stats.cancelled += 1
+            self._counts.cancelled += 1
             raise
         finally:
-            self.stats.queued -= 1
+            self._counts.queued -= 1
             jobs = self._waiting.get(window.job_id)
             if jobs is not None:
                 jobs.pop(id(task), None)
@@ -86,15 +100,47 @@ class FakeEngine:
     async def _work(self, window: WindowRequest) -> WindowResult:
         if self.hold is not None:
             await self.hold.wait()
-        delay = self.delay(window) if callable(self.delay) else self.delay
-        if delay > 0:
-            await self.sleep(delay)
-        if (window.job_id, window.index) in self.fail:
-            self.stats.failed += 1
-            raise FakeEngineError(f"window {window.index} of job {window.job_id} failed")
-        self.completed.append(window)
-        self.stats.completed += 1
-        return self.result_for(window)
+        self._counts.running += 1
+        self._idle.clear()
+        try:
+            delay = self.delay(window) if callable(self.delay) else self.delay
+            if delay > 0:
+                await self.sleep(delay)
+            if (window.job_id, window.index) in self.fail:
+                self._counts.failed += 1
+                raise FakeEngineError(f"window {window.index} of job {window.job_id} failed")
+            self.completed.append(window)
+            self._counts.completed += 1
+            return self.result_for(window)
+        finally:
+            self._counts.running -= 1
+            if self._counts.running == 0:
+                self._idle.set()
+
+    @property
+    def stats(self) -> FakeStats:
+        c = self._counts
+        return FakeStats(
+            batches_run=c.completed + c.failed,
+            items_run=c.completed + c.failed,
+            items_failed=c.failed,
+            items_cancelled=c.cancelled,
+            queue_depth=c.queued - c.running,
+            running=c.running,
+            batch_size_histogram={1: c.completed + c.failed} if c.completed + c.failed else {},
+            submitted=c.submitted,
+            completed=c.completed,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            queued=c.queued,
+        )
+
+    async def drain(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, timeout))
+        except TimeoutError:
+            return False
+        return True
 
     @staticmethod
     def result_for(window: WindowRequest) -> WindowResult:

@@ -13,6 +13,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from batching.batcher import BatcherStats
+
+# What an engine reports: the counters of the batcher in front of its model
+# (a fake engine fills in the same ones), read by /metrics.
+EngineStats = BatcherStats
+
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30.0
 WINDOW_SAMPLES = int(SAMPLE_RATE * WINDOW_SECONDS)
@@ -114,4 +120,17 @@ class Engine(Protocol):
 
     def cancel_job(self, job_id: str) -> int:
         """Drop the job's queued windows; answer how many were dropped."""
+        ...
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's counters."""
+        ...
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no window is on the model, at most ``timeout`` seconds; True if none is.
+
+        Shutdown calls it after withdrawing the queued windows, so the batch on
+        the model can finish and its results be saved.
+        """
         ...

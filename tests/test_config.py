@@ -63,7 +63,11 @@ def test_main_prints_one_line_for_bad_config(capsys: pytest.CaptureFixture[str],
 
 
 def test_batch_size_zero_picks_by_device() -> None:
-    from app.serving import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, batch_size_for
+    from app.serving import batcher_options
+    from batching.whisper_engine import CPU_BATCH_SIZE, CUDA_BATCH_SIZE
+
+    def batch_size_for(cfg: Config) -> int:
+        return batcher_options(cfg).max_batch_size
 
     assert batch_size_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cpu"})) == CPU_BATCH_SIZE
     assert batch_size_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cuda"})) == CUDA_BATCH_SIZE

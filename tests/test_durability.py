@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_done, wait_export
-from tests.media import VARIED_SENTENCES, make_long_speech, make_tone, speak
+from tests.media import VARIED_SENTENCES, make_long_speech, speak
 from tests.procserver import ServerProcess
 
 pytestmark = pytest.mark.slow

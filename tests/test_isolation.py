@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import httpx
 import pytest
 
 from tests.conftest import LiveServer, add_keys, bearer, wait_done, wait_export

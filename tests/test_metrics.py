@@ -112,7 +112,7 @@ async def test_loop_lag_sees_a_blocked_loop() -> None:
     monitor.start()
     try:
         await asyncio.sleep(0.05)
-        time.sleep(0.2)  # block the loop on purpose
+        time.sleep(0.2)  # noqa: ASYNC251 - block the loop on purpose
         await asyncio.sleep(0.05)
     finally:
         await monitor.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from batching.batcher import BatcherOptions
 from batching.types import AudioRef, DecodeOptions, WindowRequest, WindowResult
 from tests.media import SHARED_SPEECH, have_tool, shared_clip, speak, to_pcm
 
@@ -202,7 +203,7 @@ async def test_engine_retries_warmer_and_keeps_the_best(runner, media) -> None: 
         seen.extend(w.temperature_index for w in windows)
         return real_run(windows, prepared)
 
-    engine = WhisperEngine(runner, max_batch_size=4, max_wait_s=0.0)
+    engine = WhisperEngine(runner, options=BatcherOptions(max_batch_size=4, max_wait_s=0.0, prepare_threads=1))
     engine._batcher._run = spy  # observe which temperatures reach the model
     await engine.start()
     try:
@@ -217,7 +218,7 @@ async def test_engine_retries_warmer_and_keeps_the_best(runner, media) -> None: 
 async def test_engine_serves_many_concurrent_jobs(runner, media, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from batching.whisper_engine import WhisperEngine
 
-    engine = WhisperEngine(runner, max_batch_size=8, max_wait_s=0.005)
+    engine = WhisperEngine(runner, options=BatcherOptions(max_batch_size=8, max_wait_s=0.005, prepare_threads=1))
     await engine.start()
     assert engine.model_info.multilingual is False
     try:

@@ -90,15 +90,6 @@ class Metrics:
         return Response(await self.render(state), media_type=CONTENT_TYPE_LATEST)
 
 
-def _stat(stats: Any, *names: str, default: float = 0) -> Any:
-    """The first of ``names`` that ``stats`` has: BatcherStats and the fake engine's differ."""
-    for name in names:
-        value = getattr(stats, name, None)
-        if value is not None:
-            return value
-    return default
-
-
 class _StateCollector:
     """Reads the running parts at scrape time (after ``Metrics.render`` gathered the async bits)."""
 
@@ -124,26 +115,25 @@ class _StateCollector:
         yield _gauge("altyazi_jobs_active", "Job tasks in this process (waiting for admission or running).", state.manager.active)
 
         stats = state.engine.stats
-        yield _gauge("altyazi_queue_depth", "Audio windows waiting for the model (queued or being prepared).", _stat(stats, "queue_depth", "queued"))
-        yield _gauge("altyazi_batch_running_windows", "Audio windows in the model now.", _stat(stats, "running"))
-        batches = _stat(stats, "batches_run")
-        items = _stat(stats, "items_run", "completed")
+        yield _gauge("altyazi_queue_depth", "Audio windows waiting for the model (queued or being prepared).", stats.queue_depth)
+        yield _gauge("altyazi_batch_running_windows", "Audio windows in the model now.", stats.running)
+        batches = stats.batches_run
+        items = stats.items_run
         yield _counter("altyazi_batches", "Batches handed to the model.", batches)
         yield _counter("altyazi_batch_windows_run", "Audio windows the model ran.", items)
-        yield _counter("altyazi_batch_windows_failed", "Audio windows whose batch failed.", _stat(stats, "items_failed", "failed"))
-        yield _counter("altyazi_batch_windows_cancelled", "Audio windows withdrawn before they ran.", _stat(stats, "items_cancelled", "cancelled"))
-        yield _counter("altyazi_batch_oom_splits", "Batches halved after an out-of-memory error.", _stat(stats, "ooms_split"))
-        histogram = _stat(stats, "batch_size_histogram", default={}) or {}
-        yield _batch_size_histogram(histogram)
-        run_s = float(_stat(stats, "total_run_s"))
+        yield _counter("altyazi_batch_windows_failed", "Audio windows whose batch failed.", stats.items_failed)
+        yield _counter("altyazi_batch_windows_cancelled", "Audio windows withdrawn before they ran.", stats.items_cancelled)
+        yield _counter("altyazi_batch_oom_splits", "Batches halved after an out-of-memory error.", stats.ooms_split)
+        yield _batch_size_histogram(stats.batch_size_histogram)
+        run_s = stats.total_run_s
         yield SummaryMetricFamily("altyazi_batch_run_seconds", "Time the model spent running batches.", count_value=batches, sum_value=run_s)
         yield SummaryMetricFamily(
             "altyazi_batch_prepare_seconds", "Time spent preparing batches (feature extraction).",
-            count_value=batches, sum_value=float(_stat(stats, "total_prepare_s")),
+            count_value=batches, sum_value=stats.total_prepare_s,
         )
         yield SummaryMetricFamily(
             "altyazi_window_wait_seconds", "Time audio windows waited from submission to their batch starting.",
-            count_value=items, sum_value=float(_stat(stats, "total_wait_s")),
+            count_value=items, sum_value=stats.total_wait_s,
         )
         audio_s = float(state.manager.audio_seconds_done)
         yield _counter("altyazi_audio_seconds_processed", "Seconds of audio transcribed.", audio_s)

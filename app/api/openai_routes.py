@@ -340,7 +340,7 @@ async def _stream(state: AppState, job_id: str) -> AsyncIterator[str]:
 
 
 def openai_error_body(exc: ApiError) -> dict[str, Any]:
-    return json.loads(openai_error(exc).body)  # type: ignore[no-any-return]
+    return json.loads(bytes(openai_error(exc).body))  # type: ignore[no-any-return]
 
 
 # ---- routes ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import secrets
 import time
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from app.media.probe import check_media
 from app.pipeline.options import JobOptions
 from app.api.state import AppState, owner_of
 from app.api.uploads import receive_upload
-from storage.files import atomic_write_json, free_bytes, safe_filename
+from storage.files import atomic_write_json, safe_filename
 from storage.store import FINAL_STATUSES, ExportRecord, InvalidCursor, JobRecord
 
 MAX_TRANSCRIPT_BODY = 32 * 1024 * 1024

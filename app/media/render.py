@@ -418,7 +418,7 @@ async def render_export(
         raise ExportOptionError("mode", "burn needs a video stream; this file is audio only, use \"soft\" instead")
     if options.mode == "soft" and not _cues(segments):
         raise ExportOptionError("mode", "the transcript has no text to put in a subtitle track; edit it or use \"burn\"")
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one directory entry, no data to wait for
     tmp = dest.with_name(f".{dest.name}.part")
     written: list[Path] = []
     try:

@@ -158,9 +158,7 @@ class JobManager:
         self._stopping = True
         for job_id in list(self._tasks):
             self.engine.cancel_job(job_id)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _running_windows(self.engine) > 0:
-            await asyncio.sleep(0.05)
+        await self.engine.drain(grace_s)
         # One more turn of the loop so delivered results are announced and saved.
         await asyncio.sleep(0)
         tasks = list(self._tasks.values())
@@ -392,11 +390,6 @@ def _since(start: float | None, end: float | None = None) -> float | None:
 def _job_log(job: JobRecord, stage: str, message: str, **fields: Any) -> None:
     """One INFO line per job state change: id, owner, stage and timings as fields."""
     log.info("job %s %s", job.id, message, extra={"job": job.id, "owner": job.owner, "stage": stage, **fields})
-
-
-def _running_windows(engine: Engine) -> int:
-    stats = getattr(engine, "stats", None)
-    return int(getattr(stats, "running", 0) or 0)
 
 
 class _Progress:
