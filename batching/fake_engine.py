@@ -136,6 +136,8 @@ class FakeEngine:
         )
 
     async def drain(self, timeout: float) -> bool:
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, timeout))
         except TimeoutError:
@@ -151,7 +153,12 @@ class FakeEngine:
         if window.options.word_timestamps:
             mid = (start + end) / 2
             words = (Word(start, mid, "window", 1.0), Word(mid, end, f" {window.index}", 1.0))
-        segment = Segment(start=round(start, 3), end=round(end, 3), text=text, words=words)
+        # Scores a test can compute: a later window looks a little less likely.
+        segment = Segment(
+            start=round(start, 3), end=round(end, 3), text=text, words=words,
+            avg_logprob=-0.25 - 0.01 * window.index, no_speech_prob=0.05,
+            temperature=window.options.temperatures[window.temperature_index],
+        )
         return WindowResult(
             segments=(segment,), language=window.options.language or "en", language_probability=1.0
         )

@@ -95,6 +95,7 @@ class Segment:
     words: tuple[Word, ...] | None = None
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    temperature: float = 0.0  # the fallback temperature the window was decoded at
 
 
 @dataclass(frozen=True)

@@ -510,6 +510,7 @@ class WhisperRunner:
                     words=words,
                     avg_logprob=dec["avg_logprob"],
                     no_speech_prob=dec["no_speech_prob"],
+                    temperature=dec["temperature"],
                 )
             )
         result = WindowResult(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 
-from storage.files import JobFiles, walk_stats
-from storage.store import JobStore
+from storage.files import walk_stats
+from storage.seams import FileStore, JobRepository
 
 log = logging.getLogger("altyazi.retention")
 
@@ -30,8 +30,8 @@ class RetentionSweeper:
 
     def __init__(
         self,
-        store: JobStore,
-        files: JobFiles,
+        store: JobRepository,
+        files: FileStore,
         *,
         retention_hours: float,
         interval_s: float = 300,

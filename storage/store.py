@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINAL_STATUSES = ("done", "failed", "cancelled")
+from storage.states import FINAL, Status
+
+JOB_STATUSES = tuple(Status)
+FINAL_STATUSES = tuple(s for s in Status if s in FINAL)
 # Exports follow the same lifecycle; checked in Python (no CHECK constraint) so
 # adding a status later is a one-line change, not a table rebuild.
 EXPORT_STATUSES = JOB_STATUSES

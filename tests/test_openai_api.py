@@ -175,6 +175,14 @@ def words_of(text: str) -> set[str]:
 EXPECTED = {"weather", "sunny", "park"}
 
 
+def test_verbose_json_carries_the_decoders_scores(make_server: Callable[..., LiveServer], clips: dict[str, Path]) -> None:
+    live = make_server()
+    with open(clips["speech"], "rb") as fh:
+        out: Any = client_for(live).audio.transcriptions.create(model="whisper-1", file=fh, response_format="verbose_json")
+    [seg] = out.segments  # the fake engine answers one segment per window, with known scores
+    assert (seg.avg_logprob, seg.no_speech_prob, seg.temperature) == (-0.25, 0.05, 0.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "text", "srt", "verbose_json", "vtt"])
 def test_transcription_formats_with_tiny_en(tiny: LiveServer, clips: dict[str, Path], fmt: str) -> None:
@@ -198,6 +206,8 @@ def test_transcription_formats_with_tiny_en(tiny: LiveServer, clips: dict[str, P
         seg = out.segments[0]
         for key in ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"):
             assert hasattr(seg, key), key
+        # the model's own numbers: clear speech is likely and not silence, decoded greedily first
+        assert -1.0 < seg.avg_logprob < 0.0 and 0.0 <= seg.no_speech_prob < 0.5 and seg.temperature in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
         assert 0 <= seg.start < seg.end <= out.duration + 0.5
         assert out.words is None  # only with timestamp_granularities=["word"]
     assert listed_jobs(tiny) == []

@@ -49,6 +49,17 @@ def test_page_and_static_files_carry_security_headers(make_server: Callable[...,
         assert client.get("/static/../api.py").status_code == 404
 
 
+def test_page_has_a_label_for_every_stage() -> None:
+    """The page names stages from its own table; a stage missing there would show raw."""
+    from storage.states import Stage
+
+    script = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
+    table = re.search(r"const STAGES = \{(.*?)\};", script, re.S)
+    assert table is not None
+    labelled = set(re.findall(r"^\s*(\w+):", table.group(1), re.M))
+    assert labelled == {s.value for s in Stage}
+
+
 def test_page_has_no_inline_script_or_style_and_nothing_remote() -> None:
     html = (STATIC_DIR / "index.html").read_text("utf-8")
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline <script> would be blocked by the CSP"

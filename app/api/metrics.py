@@ -29,11 +29,11 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.looplag import LoopLagMonitor
+from storage.states import Status
 
 log = logging.getLogger("altyazi.metrics")
 access_log = logging.getLogger("altyazi.access")
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes every few seconds would drown the access log; they go at DEBUG.
@@ -80,7 +80,7 @@ class Metrics:
     async def render(self, state: Any) -> bytes:
         scraped = _Scraped(state=state)
         if state is not None:
-            for status in JOB_STATUSES:
+            for status in Status:
                 scraped.jobs[status] = await state.store.count_jobs((status,))
         self._scraped = scraped
         return generate_latest(self.registry)

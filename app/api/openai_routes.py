@@ -34,13 +34,14 @@ from app.api.routes import accept_upload, state_of
 from app.api.errors import ApiError, as_api_error
 from app.media.probe import MediaError
 from app.pipeline.errors import PipelineError
-from app.pipeline.events import CaughtUp, Shutdown
+from app.pipeline.events import CaughtUp, Heartbeat, Shutdown
 from app.media.formats import to_srt, to_vtt, transcript_to_dict
 from app.pipeline.jobs import segment_from_dict
 from app.pipeline.options import JobOptions, parse_bool
 from app.api.state import AppState
-from storage.files import JobFiles
-from storage.store import EventRecord, JobRecord, JobStore
+from storage.seams import FileStore, JobRepository
+from storage.states import Status
+from storage.store import EventRecord, JobRecord
 
 log = logging.getLogger("altyazi.openai")
 
@@ -149,39 +150,18 @@ def openai_error(exc: ApiError) -> JSONResponse:
 class _Outcome:
     segments: list[dict[str, Any]] = field(default_factory=list)
     final: EventRecord | None = None  # done / failed / cancelled; None: the server is stopping
+    scores: dict[int, dict[str, Any]] = field(default_factory=dict)  # segment id -> the decoder's numbers
 
 
-async def _events(state: AppState, job_id: str, heartbeat_s: float | None) -> AsyncIterator[EventRecord | Shutdown | None]:
-    """The job's events; ``None`` after ``heartbeat_s`` of silence.
-
-    A pump task owns the hub subscription, so a heartbeat timeout only cancels
-    a wait on the local queue, never the subscription (as app.api.routes does).
-    """
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    end = object()
-
-    async def pump() -> None:
-        try:
-            async for item in state.hub.stream(job_id):
-                if not isinstance(item, CaughtUp):
-                    queue.put_nowait(item)
-        finally:
-            queue.put_nowait(end)
-
-    task = asyncio.create_task(pump(), name=f"openai-{job_id}")
+async def _events(state: AppState, job_id: str, heartbeat_s: float | None) -> AsyncIterator[EventRecord | Heartbeat | Shutdown]:
+    """The job's events from the hub, without the backlog marker the job routes need."""
+    events = state.hub.stream(job_id, heartbeat_s=heartbeat_s)
     try:
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout=heartbeat_s)
-            except asyncio.TimeoutError:
-                yield None
-                continue
-            if item is end:
-                return
-            yield item
+        async for item in events:
+            if not isinstance(item, CaughtUp):
+                yield item
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await events.aclose()  # unsubscribes now, not when the generator is collected
 
 
 async def _follow(state: AppState, job_id: str) -> _Outcome:
@@ -194,6 +174,10 @@ async def _follow(state: AppState, job_id: str) -> _Outcome:
                 outcome.segments.append(item.data)
             elif item.type in ("done", "failed", "cancelled"):
                 outcome.final = item
+                if item.type == "done":
+                    # The stored transcript keeps what segment events leave out: the decoder's numbers.
+                    text = await anyio.to_thread.run_sync(state.files.transcript_path(job_id).read_text, "utf-8")
+                    outcome.scores = {int(s["id"]): s for s in json.loads(text).get("segments", ())}
                 return outcome
     return outcome
 
@@ -241,9 +225,9 @@ async def _discard(state: AppState, job_id: str) -> None:
     await asyncio.shield(task)
 
 
-async def discard_orphans(store: JobStore, files: JobFiles) -> int:
+async def discard_orphans(store: JobRepository, files: FileStore) -> int:
     """Drop OpenAI jobs left by a previous process: no client can collect them any more."""
-    jobs = await store.jobs_with_status(("queued", "running", "done", "failed", "cancelled"))
+    jobs = await store.jobs_with_status(tuple(Status))
     orphans = [j for j in jobs if (j.options or {}).get("via") == VIA]
     for job in orphans:
         await store.delete_job(job.id)
@@ -261,7 +245,8 @@ def _compression_ratio(text: str) -> float:
     return round(len(data) / len(zlib.compress(data)), 4) if data else 0.0
 
 
-def _verbose(request: OpenAIRequest, job: JobRecord, transcript: dict[str, Any], segments: list[dict[str, Any]]) -> dict[str, Any]:
+def _verbose(request: OpenAIRequest, job: JobRecord, transcript: dict[str, Any], outcome: _Outcome) -> dict[str, Any]:
+    segments = outcome.segments
     body: dict[str, Any] = {
         "task": request.task,
         "language": transcript["language"],
@@ -275,12 +260,13 @@ def _verbose(request: OpenAIRequest, job: JobRecord, transcript: dict[str, Any],
                 "end": s["end"],
                 "text": s["text"],
                 "tokens": [],  # not kept by the pipeline
-                "temperature": 0.0,
-                "avg_logprob": float(s.get("avg_logprob", 0.0)),
+                "temperature": float(scores.get("temperature", 0.0)),
+                "avg_logprob": float(scores.get("avg_logprob", 0.0)),
                 "compression_ratio": _compression_ratio(s["text"]),
-                "no_speech_prob": float(s.get("no_speech_prob", 0.0)),
+                "no_speech_prob": float(scores.get("no_speech_prob", 0.0)),
             }
             for i, s in enumerate(segments)
+            for scores in [outcome.scores.get(int(s["id"]), {})]
         ],
     }
     if "word" in request.granularities:
@@ -299,7 +285,7 @@ def _answer(request: OpenAIRequest, job: JobRecord, outcome: _Outcome) -> Respon
     if fmt == "json":
         return JSONResponse({"text": transcript["text"]})
     if fmt == "verbose_json":
-        return JSONResponse(_verbose(request, job, transcript, outcome.segments))
+        return JSONResponse(_verbose(request, job, transcript, outcome))
     text = {"text": transcript["text"] + "\n", "srt": to_srt(segments), "vtt": to_vtt(segments)}[fmt]
     return Response(text, media_type="text/plain; charset=utf-8")
 
@@ -313,7 +299,7 @@ async def _stream(state: AppState, job_id: str) -> AsyncIterator[str]:
     state.sse_streams += 1
     try:
         async for item in _events(state, job_id, STREAM_HEARTBEAT_S):
-            if item is None:
+            if isinstance(item, Heartbeat):
                 yield ": heartbeat\n\n"
                 continue
             if isinstance(item, Shutdown):

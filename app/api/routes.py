@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import secrets
 import time
@@ -18,7 +16,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from app.api.errors import ApiError, not_found
-from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
+from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Heartbeat, Shutdown, format_sse, format_sse_unnumbered
 from app.media.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
 from app.pipeline.jobs import segment_from_dict
 from app.media.probe import check_media
@@ -26,7 +24,8 @@ from app.pipeline.options import JobOptions
 from app.api.state import AppState, owner_of
 from app.api.uploads import receive_upload
 from storage.files import atomic_write_json, safe_filename
-from storage.store import FINAL_STATUSES, ExportRecord, InvalidCursor, JobRecord
+from storage.states import ACTIVE, FINAL, Stage, Status
+from storage.store import ExportRecord, InvalidCursor, JobRecord
 
 MAX_TRANSCRIPT_BODY = 32 * 1024 * 1024
 SSE_RETRY_MS = 3000
@@ -71,7 +70,7 @@ async def job_json(state: AppState, job: JobRecord, *, request: Request | None =
         "status": job.status,
         "stage": job.stage,
         "progress": round(job.progress, 4),
-        "queue_position": state.manager.queue_position(job.id) if job.status == "queued" else None,
+        "queue_position": state.manager.queue_position(job.id) if job.status == Status.QUEUED else None,
         "filename": job.filename,
         "duration_s": job.duration_s,
         "language": job.language,
@@ -152,8 +151,8 @@ async def accept_upload(
         job = JobRecord(
             id=job_id,
             owner=owner,
-            status="queued",
-            stage="queued",
+            status=Status.QUEUED,
+            stage=Stage.QUEUED,
             progress=0.0,
             filename=filename,
             options={**options.to_dict(), **(tags or {})},
@@ -164,7 +163,7 @@ async def accept_upload(
         )
         await state.store.create_job(job)
         committed = True
-        await state.hub.publish(job_id, "status", {"status": "queued", "stage": "queued"})
+        await state.hub.publish(job_id, "status", {"status": Status.QUEUED, "stage": Stage.QUEUED})
         state.manager.spawn(job)
     finally:
         state.uploads_in_flight -= 1
@@ -233,30 +232,15 @@ async def job_events(request: Request) -> Response:
 
     async def body() -> AsyncIterator[str]:
         yield f"retry: {SSE_RETRY_MS}\n\n"
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for item in state.hub.stream(job.id, after):
-                    queue.put_nowait(item)
-            finally:
-                queue.put_nowait(None)
-
-        # The pump owns the subscription; this generator only formats. A
-        # heartbeat is a timeout on the local queue, which is safe to cancel.
-        pump_task = asyncio.create_task(pump(), name=f"sse-{job.id}")
         state.sse_streams += 1
-        finished = job.status in FINAL_STATUSES
+        finished = job.status in FINAL
         caught_up = False
+        events = state.hub.stream(job.id, after, heartbeat_s=heartbeat)
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout=heartbeat)
-                except asyncio.TimeoutError:
+            async for item in events:
+                if isinstance(item, Heartbeat):
                     yield ": heartbeat\n\n"
                     continue
-                if item is None:
-                    return
                 if isinstance(item, Shutdown):
                     current = await state.store.get_job(job.id)
                     yield format_sse_unnumbered(
@@ -283,9 +267,7 @@ async def job_events(request: Request) -> Response:
                     return
         finally:
             state.sse_streams -= 1
-            pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump_task
+            await events.aclose()  # unsubscribes now, not when the generator is collected
 
     return StreamingResponse(
         body(),
@@ -301,11 +283,11 @@ RENDERERS = {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}
 
 
 async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict[str, Any]:
-    if job.status != "done":
+    if job.status != Status.DONE:
         raise ApiError(
             409,
             "not_ready",
-            f"The transcript is not ready: the job is {job.status}." + (" Follow /events to know when it is done." if job.status in ("queued", "running") else ""),
+            f"The transcript is not ready: the job is {job.status}." + (" Follow /events to know when it is done." if job.status in ACTIVE else ""),
         )
     edited = state.files.edited_path(job.id)
     path = state.files.transcript_path(job.id)
@@ -351,7 +333,7 @@ def ascii_name(name: str) -> str:
 async def put_transcript(request: Request) -> Response:
     state = state_of(request)
     job = await load_job(request)
-    if job.status != "done":
+    if job.status != Status.DONE:
         raise ApiError(409, "not_ready", f"The transcript can be edited once the job is done; it is {job.status}.")
     raw = await read_json_body(request, limit=MAX_TRANSCRIPT_BODY)
     try:
@@ -415,7 +397,7 @@ AUDIO_TYPES = {"mp4": "audio/mp4", "mkv": "audio/x-matroska", "webm": "audio/web
 async def get_export_file(request: Request) -> Response:
     state = state_of(request)
     job, export = await load_export(request)
-    if export.status != "done":
+    if export.status != Status.DONE:
         raise ApiError(409, "not_ready", f"The export is {export.status}; download it once it is done.")
     container = str(export.options.get("container", "mp4"))
     path = state.files.export_path(job.id, export.id, container)

@@ -13,14 +13,16 @@ from starlette.requests import Request
 from app.api.auth import ApiKey, KeyStore
 from app.config import Config
 from app.api.errors import ApiError
-from app.pipeline.events import EventHub
+from app.pipeline.events import EventBus
 from app.media.ffmpeg import FfmpegPool
 from app.pipeline.exports import ExportManager
 from app.pipeline.jobs import JobManager
 from app.pipeline.options import JobOptions
 from batching.types import Engine
-from storage.files import JobFiles, free_bytes
-from storage.store import JobRecord, JobStore
+from storage.files import free_bytes
+from storage.seams import FileStore, JobRepository
+from storage.states import ACTIVE, FINAL, Stage, Status
+from storage.store import JobRecord
 
 log = logging.getLogger("altyazi.state")
 
@@ -35,11 +37,11 @@ def owner_of(request: Request) -> str:
 @dataclass
 class AppState:
     cfg: Config
-    store: JobStore
-    files: JobFiles
+    store: JobRepository
+    files: FileStore
     pool: FfmpegPool
     engine: Engine
-    hub: EventHub
+    hub: EventBus
     manager: JobManager
     exports: ExportManager
     multilingual: bool
@@ -79,7 +81,7 @@ class AppState:
         # (app/pipeline/admission.py); only past both is an upload refused.
         max_active = self.active_cap(owner) or limits.max_active_jobs_per_key
         max_queued = key.max_queued_jobs or limits.max_queued_jobs_per_key
-        have = await self.store.count_jobs(["queued", "running"], owner=owner)
+        have = await self.store.count_jobs(ACTIVE, owner=owner)
         if have >= max_active + max_queued:
             retry = self.retry_after_s()
             raise ApiError(
@@ -146,8 +148,8 @@ class AppState:
         """Cancel whatever runs for the job, announce it, then remove its rows and files."""
         await self.exports.cancel_job(job.id)
         was_active = await self.manager.cancel(job.id)
-        if was_active or job.status not in ("done", "failed", "cancelled"):
-            await self.store.update_job(job.id, status="cancelled", stage="cancelled", finished_at=time.time())
-            await self.hub.publish(job.id, "cancelled", {"status": "cancelled"})
+        if was_active or job.status not in FINAL:
+            await self.store.update_job(job.id, status=Status.CANCELLED, stage=Stage.CANCELLED, finished_at=time.time())
+            await self.hub.publish(job.id, "cancelled", {"status": Status.CANCELLED})
         await self.store.delete_job(job.id)
         await anyio.to_thread.run_sync(self.files.remove, job.id)

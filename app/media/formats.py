@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 from batching.types import Segment, Word
 
@@ -23,6 +23,7 @@ __all__ = [
     "segment_to_dict",
     "to_json",
     "to_srt",
+    "to_subtitles",
     "to_txt",
     "to_vtt",
     "transcript_to_dict",
@@ -92,8 +93,12 @@ def _word_to_dict(word: Word) -> dict[str, Any]:
     }
 
 
-def segment_to_dict(seg: Segment, index: int) -> dict[str, Any]:
-    """One segment as the API shows it; ``words`` only when the job asked for them."""
+def segment_to_dict(seg: Segment, index: int, *, scores: bool = False) -> dict[str, Any]:
+    """One segment as the API shows it; ``words`` only when the job asked for them.
+
+    ``scores`` adds the decoder's numbers (kept in the stored transcript for the
+    OpenAI route's ``verbose_json``; the job API does not show them).
+    """
     out: dict[str, Any] = {
         "id": index,
         "start": _round(seg.start),
@@ -102,6 +107,8 @@ def segment_to_dict(seg: Segment, index: int) -> dict[str, Any]:
     }
     if seg.words is not None:
         out["words"] = [_word_to_dict(w) for w in seg.words]
+    if scores:
+        out.update(avg_logprob=round(seg.avg_logprob, 4), no_speech_prob=round(seg.no_speech_prob, 4), temperature=seg.temperature)
     return out
 
 
@@ -111,13 +118,14 @@ def _full_text(segments: Iterable[Segment], language: str | None) -> str:
 
 
 def transcript_to_dict(
-    segments: Sequence[Segment], *, language: str | None, duration_s: float | None
+    segments: Sequence[Segment], *, language: str | None, duration_s: float | None, scores: bool = False
 ) -> dict[str, Any]:
+    """The transcript document; ``scores`` keeps the decoder's numbers (the stored original does)."""
     return {
         "language": language,
         "duration_s": None if duration_s is None else _round(duration_s),
         "text": _full_text(segments, language),
-        "segments": [segment_to_dict(s, i) for i, s in enumerate(segments)],
+        "segments": [segment_to_dict(s, i, scores=scores) for i, s in enumerate(segments)],
     }
 
 
@@ -133,34 +141,48 @@ def to_json(
 # --- subtitle text formats ---------------------------------------------------
 
 
-def to_srt(segments: Sequence[Segment]) -> str:
-    cues: list[str] = []
-    for seg in segments:
-        # "→" cannot take part in a new "-->", so one replace pass is enough.
-        lines = [line.replace("-->", "→") for line in _lines(seg.text)]
-        if not lines:
-            continue  # an empty cue would break numbering in strict players
-        start, end = _cue_times(seg)
-        cues.append(
-            f"{len(cues) + 1}\n{_clock(start, ',')} --> {_clock(end, ',')}\n" + "\n".join(lines)
-        )
-    return "".join(cue + "\n\n" for cue in cues)
+_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
 
 
-def _vtt_escape(text: str) -> str:
+def _srt_escape(line: str) -> str:
+    # SRT has no escapes, but players and ffmpeg read <b>, {\an8} and \N as markup;
+    # "→" cannot take part in a new "-->", so one replace pass is enough for that.
+    return line.replace("-->", "→").replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
+
+
+def _vtt_escape(line: str) -> str:
     # Escaping ">" also removes every "-->".
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_subtitles(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], *, lines: Callable[[str], list[str]] = _lines) -> str:
+    """SRT or WebVTT: the one writer, for downloads and for exported subtitle tracks.
+
+    A transcript is plain text, never markup: whatever a person typed shows as
+    typed. ``lines`` cuts a segment's text into the cue's lines (exports wrap
+    them); a segment without text gets no cue, since an empty cue breaks the
+    numbering in strict players.
+    """
+    escape, sep = (_srt_escape, ",") if fmt == "srt" else (_vtt_escape, ".")
+    parts = ["WEBVTT\n\n"] if fmt == "vtt" else []
+    number = 0
+    for seg in segments:
+        text = [escape(line) for line in lines(seg.text)]
+        if not text:
+            continue
+        number += 1
+        start, end = _cue_times(seg)
+        head = f"{number}\n" if fmt == "srt" else ""
+        parts.append(f"{head}{_clock(start, sep)} --> {_clock(end, sep)}\n" + "\n".join(text) + "\n\n")
+    return "".join(parts)
+
+
+def to_srt(segments: Sequence[Segment]) -> str:
+    return to_subtitles(segments, "srt")
 
 
 def to_vtt(segments: Sequence[Segment]) -> str:
-    parts = ["WEBVTT\n\n"]
-    for seg in segments:
-        lines = [_vtt_escape(line) for line in _lines(seg.text)]
-        if not lines:
-            continue
-        start, end = _cue_times(seg)
-        parts.append(f"{_clock(start, '.')} --> {_clock(end, '.')}\n" + "\n".join(lines) + "\n\n")
-    return "".join(parts)
+    return to_subtitles(segments, "vtt")
 
 
 def to_txt(segments: Sequence[Segment]) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import pysubs2
 
 from app.media.ffmpeg import FfmpegPool, file_url, fraction_reporter
+from app.media.formats import to_subtitles
 from app.media.probe import MediaInfo
 from batching.types import Segment
 
@@ -278,39 +279,13 @@ def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | N
     return subs.to_string("ass")
 
 
-def _timestamp(seconds: float, sep: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
-
-
-def _srt_escape(line: str) -> str:
-    # SRT has no escapes, but ffmpeg and players read <b>, {\an8} and \N as markup.
-    return line.replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
-
-
-def _vtt_escape(line: str) -> str:
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def build_text_subs(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], max_chars: int) -> str:
-    """SRT or WebVTT for a soft track: plain text, wrapped, markup characters neutralised.
+    """SRT or WebVTT for a soft track: the transcript's own writer, lines wrapped at ``max_chars``.
 
-    Written here rather than by pysubs2, whose SRT/VTT writers pass ``<b>``, ``&`` and
-    ``{...}`` through (and strip the last), so a transcript would turn into markup.
+    Not pysubs2's writers, which pass ``<b>``, ``&`` and ``{...}`` through (and
+    strip the last), so a transcript would turn into markup.
     """
-    out = ["WEBVTT", ""] if fmt == "vtt" else []
-    sep = "." if fmt == "vtt" else ","
-    escape = _vtt_escape if fmt == "vtt" else _srt_escape
-    for n, seg in enumerate(_cues(segments), start=1):
-        lines = [escape(line) for line in wrap_text(seg.text, max_chars).split("\n")]
-        out += [str(n), f"{_timestamp(seg.start, sep)} --> {_timestamp(seg.end, sep)}", *lines, ""]
-    return "\n".join(out) + "\n"
+    return to_subtitles(_cues(segments), fmt, lines=lambda text: [line.strip() for line in wrap_text(text, max_chars).split("\n") if line.strip()])
 
 
 # -- names -----------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Each event gets the job's next sequence number, which is also its SSE ``id``; a
 client that reconnects with ``Last-Event-ID`` gets the backlog from the store
-and then the live tail. Subscribers have their own queues, so a slow client
-never holds up the job that produces the events.
+and then the live tail. Subscribers have their own bounded queues, so a slow
+client never holds up the job that produces the events, and one that falls
+behind by a whole queue reads on from the store instead of growing it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator, Protocol
 
-from storage.store import EventRecord, JobStore
+from storage.seams import JobRepository
+from storage.store import EventRecord
 
 log = logging.getLogger("altyazi.events")
 
@@ -34,10 +36,55 @@ class CaughtUp:
     """Sentinel: the stored backlog has been sent; what follows is live."""
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sentinel: nothing happened for ``heartbeat_s``; a stream sends a comment to keep the connection."""
+
+
+Item = EventRecord | CaughtUp | Heartbeat | Shutdown
+
+class EventBus(Protocol):
+    """A job's event log with live fan-out: the seam a cluster implements on its database.
+
+    ``publish`` commits the event first and only then shows it to subscribers;
+    ``stream`` gives a job's events after a sequence number, a ``CaughtUp`` once
+    the stored ones are out, then live ones, in order, each once, and a final
+    ``Shutdown`` after ``close``. ``tests/test_seam_event_bus.py`` is the contract.
+    """
+
+    @property
+    def subscriber_count(self) -> int: ...
+
+    async def publish(self, job_id: str, type: str, data: dict[str, Any]) -> EventRecord: ...
+
+    def close(self) -> None: ...
+
+    def stream(self, job_id: str, after_seq: int = 0, *, heartbeat_s: float | None = None) -> AsyncGenerator[Item, None]: ...
+
+
+# Live events a subscriber may hold unread. A client slower than its job (a long
+# transcript into a stalled connection) is not buffered without limit: once its
+# queue is full it reads on from the store, where every event already is.
+SUBSCRIBER_QUEUE = 256
+
+
+class _Subscriber:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[EventRecord | Shutdown] = asyncio.Queue(maxsize=size)
+        self.overflowed = False  # events were left out of the queue: replay from the store
+
+    def offer(self, item: EventRecord | Shutdown) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
 class EventHub:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobRepository, *, queue_size: int = SUBSCRIBER_QUEUE) -> None:
         self._store = store
-        self._subscribers: dict[str, set[asyncio.Queue[EventRecord | Shutdown]]] = defaultdict(set)
+        self._queue_size = queue_size
+        self._subscribers: dict[str, set[_Subscriber]] = defaultdict(set)
         self._closing = False
         # Appends of one job are serialised so that sequence numbers reach
         # subscribers in the order they were committed. A job's lock lives
@@ -54,8 +101,8 @@ class EventHub:
         try:
             async with lock:
                 record = await self._store.append_event(job_id, type, data)
-                for queue in self._subscribers.get(job_id, ()):
-                    queue.put_nowait(record)
+                for subscriber in self._subscribers.get(job_id, ()):
+                    subscriber.offer(record)
         finally:
             lock, users = self._locks[job_id]
             if users == 1:
@@ -67,35 +114,51 @@ class EventHub:
     def close(self) -> None:
         """Tell every open stream to finish (graceful shutdown)."""
         self._closing = True
-        for queues in self._subscribers.values():
-            for queue in queues:
-                queue.put_nowait(Shutdown())
+        for subscribers in self._subscribers.values():
+            for subscriber in subscribers:
+                subscriber.offer(Shutdown())
 
-    async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[EventRecord | CaughtUp | Shutdown]:
+    async def stream(self, job_id: str, after_seq: int = 0, *, heartbeat_s: float | None = None) -> AsyncGenerator[Item, None]:
         """The job's events after ``after_seq``: the backlog, ``CaughtUp``, then live ones.
 
-        The caller decides when the stream is over (it knows whether exports
-        are still running); a ``Shutdown`` is always the last item.
+        The one way to follow a job, for both event-stream routes. The caller
+        decides when the stream is over (it knows whether exports are still
+        running); a ``Shutdown`` is always the last item. With ``heartbeat_s``,
+        a ``Heartbeat`` comes after that long without a live event.
         """
-        queue: asyncio.Queue[EventRecord | Shutdown] = asyncio.Queue()
+        subscriber = _Subscriber(self._queue_size)
         # Subscribe before reading the backlog so nothing published in between is lost;
         # duplicates are skipped by sequence number.
-        self._subscribers[job_id].add(queue)
+        self._subscribers[job_id].add(subscriber)
         try:
             if self._closing:
                 yield Shutdown()
                 return
             last = after_seq
-            while True:
-                backlog = await self._store.events_after(job_id, last)
-                if not backlog:
-                    break
-                for record in backlog:
-                    last = record.seq
-                    yield record
+            async for record in self._replay(job_id, last):
+                last = record.seq
+                yield record
             yield CaughtUp()
             while True:
-                item = await queue.get()
+                if subscriber.overflowed:
+                    subscriber.overflowed = False
+                    while not subscriber.queue.empty():  # all of it is in the store too
+                        subscriber.queue.get_nowait()
+                    async for record in self._replay(job_id, last):
+                        last = record.seq
+                        yield record
+                    if self._closing:
+                        yield Shutdown()
+                        return
+                    continue
+                try:
+                    item = subscriber.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        item = await asyncio.wait_for(subscriber.queue.get(), timeout=heartbeat_s)
+                    except TimeoutError:
+                        yield Heartbeat()
+                        continue
                 if isinstance(item, Shutdown):
                     yield item
                     return
@@ -106,9 +169,19 @@ class EventHub:
         finally:
             subs = self._subscribers.get(job_id)
             if subs is not None:
-                subs.discard(queue)
+                subs.discard(subscriber)
                 if not subs:
                     self._subscribers.pop(job_id, None)
+
+    async def _replay(self, job_id: str, after_seq: int) -> AsyncIterator[EventRecord]:
+        last = after_seq
+        while True:
+            backlog = await self._store.events_after(job_id, last)
+            if not backlog:
+                return
+            for record in backlog:
+                last = record.seq
+                yield record
 
 
 def format_sse(record: EventRecord) -> str:

@@ -20,30 +20,30 @@ from typing import Any
 import anyio
 
 from app.pipeline.errors import InvalidRequest, NotReady
-from app.pipeline.events import EventHub
+from app.pipeline.events import EventBus
+from app.pipeline.tasks import TaskRegistry
 from app.media.render import ExportOptionError, ExportOptions, output_name, render_export
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout
 from app.pipeline.jobs import segment_from_dict
 from app.media.probe import MediaInfo
-from storage.files import JobFiles
-from storage.store import ExportRecord, JobRecord, JobStore
+from storage.seams import FileStore, JobRepository
+from storage.states import ACTIVE, Stage, Status
+from storage.store import ExportRecord, JobRecord
 
 log = logging.getLogger("altyazi.exports")
 
-ACTIVE = ("queued", "running")
 PROGRESS_STEP = 0.01
 
 
 class ExportManager:
-    def __init__(self, *, store: JobStore, files: JobFiles, pool: FfmpegPool, hub: EventHub, crf: int, preset: str) -> None:
+    def __init__(self, *, store: JobRepository, files: FileStore, pool: FfmpegPool, hub: EventBus, crf: int, preset: str) -> None:
         self.store = store
         self.files = files
         self.pool = pool
         self.hub = hub
         self.crf = crf
         self.preset = preset
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
+        self._tasks = TaskRegistry("export")
         self._progress_tasks: set[asyncio.Task[None]] = set()
         self._by_job: dict[str, set[str]] = defaultdict(set)
 
@@ -63,7 +63,7 @@ class ExportManager:
         return len(self._tasks)
 
     async def create(self, job: JobRecord, options: ExportOptions, export_id: str) -> ExportRecord:
-        if job.status != "done":
+        if job.status != Status.DONE:
             raise NotReady("not_ready", f"Exports need a finished transcript; the job is {job.status}.")
         if options.mode == "burn" and job.media and not job.media.get("has_video"):
             raise InvalidRequest("invalid_export_option", "Export option 'mode' is invalid: burn needs a video stream; this file is audio only, use \"soft\" instead", field="mode")
@@ -72,7 +72,7 @@ class ExportManager:
             id=export_id,
             job_id=job.id,
             owner=job.owner,
-            status="queued",
+            status=Status.QUEUED,
             progress=0.0,
             options=_options_dict(options),
             created_at=now,
@@ -80,21 +80,13 @@ class ExportManager:
             filename=output_name(job.filename, options.mode, options.container),
         )
         await self.store.create_export(record)
-        await self.hub.publish(job.id, "export_queued", {"export_id": export_id, "status": "queued"})
+        await self.hub.publish(job.id, "export_queued", {"export_id": export_id, "status": Status.QUEUED})
         self.spawn(record)
         return record
 
     def spawn(self, record: ExportRecord) -> None:
-        task = asyncio.create_task(self._run(record), name=f"export-{record.id}")
-        self._tasks[record.id] = task
         self._by_job[record.job_id].add(record.id)
-
-        def forget(t: asyncio.Task[None], export_id: str = record.id, job_id: str = record.job_id) -> None:
-            if self._tasks.get(export_id) is t:
-                del self._tasks[export_id]
-            self._detach(job_id, export_id)
-
-        task.add_done_callback(forget)
+        self._tasks.spawn(record.id, self._run(record), on_done=lambda: self._detach(record.job_id, record.id))
 
     def _detach(self, job_id: str, export_id: str) -> None:
         # Called before an export's final event goes out, so a stream that sees
@@ -109,20 +101,12 @@ class ExportManager:
         """Restart exports a previous process left unfinished; their partial files are gone by design."""
         records = await self.store.exports_with_status(ACTIVE)
         for record in records:
-            await self.store.update_export(record.id, status="queued", progress=0.0)
+            await self.store.update_export(record.id, status=Status.QUEUED, progress=0.0)
             self.spawn(record)
         return len(records)
 
     async def cancel(self, export_id: str) -> bool:
-        task = self._tasks.get(export_id)
-        if task is None:
-            return False
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        return True
+        return await self._tasks.cancel(export_id)
 
     async def cancel_job(self, job_id: str) -> None:
         for export_id in list(self._by_job.get(job_id, ())):
@@ -130,12 +114,7 @@ class ExportManager:
 
     async def stop(self) -> None:
         """Shutdown: stop renders without marking them; they restart on the next start."""
-        self._stopping = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
+        await self._tasks.stop()
 
     async def _run(self, record: ExportRecord) -> None:
         export_id, job_id = record.id, record.job_id
@@ -147,8 +126,8 @@ class ExportManager:
             source = self.files.find_input(job_id)
             if job is None or source is None:
                 raise FfmpegError("The job's media is gone, so it cannot be exported.", code="input_missing")
-            await self.store.update_export(export_id, status="running")
-            await self.hub.publish(job_id, "progress", {"stage": "exporting", "export_id": export_id, "progress": 0.0})
+            await self.store.update_export(export_id, status=Status.RUNNING)
+            await self.hub.publish(job_id, "progress", {"stage": Stage.EXPORTING, "export_id": export_id, "progress": 0.0})
             segments = await self._segments(job_id)
             media = MediaInfo(**(job.media or {}))
             last = [0.0]
@@ -172,27 +151,27 @@ class ExportManager:
                 on_progress=on_progress,
             )
             size = dest.stat().st_size
-            await self.store.update_export(export_id, status="done", progress=1.0, finished_at=time.time(), size_bytes=size)
+            await self.store.update_export(export_id, status=Status.DONE, progress=1.0, finished_at=time.time(), size_bytes=size)
             self._detach(job_id, export_id)
-            await self.hub.publish(job_id, "export_done", {"export_id": export_id, "status": "done", "size_bytes": size})
+            await self.hub.publish(job_id, "export_done", {"export_id": export_id, "status": Status.DONE, "size_bytes": size})
             log.info("export %s of job %s done in %.1f s", export_id, job_id, time.monotonic() - t0)
         except asyncio.CancelledError:
             dest.unlink(missing_ok=True)
-            if not self._stopping:
+            if not self._tasks.stopping:
                 # A user's cancel: record it even though this task is being cancelled.
-                await asyncio.shield(self._fail(job_id, export_id, "cancelled", "export_cancelled", "The export was cancelled."))
+                await asyncio.shield(self._fail(job_id, export_id, Status.CANCELLED, "export_cancelled", "The export was cancelled."))
             raise
         except ExportOptionError as exc:
-            await self._fail(job_id, export_id, "failed", exc.code, exc.message)
+            await self._fail(job_id, export_id, Status.FAILED, exc.code, exc.message)
         except DiskFull:
-            await self._fail(job_id, export_id, "failed", "disk_full", "The server ran out of disk space while rendering; try again later.")
+            await self._fail(job_id, export_id, Status.FAILED, "disk_full", "The server ran out of disk space while rendering; try again later.")
         except FfmpegTimeout as exc:
-            await self._fail(job_id, export_id, "failed", "ffmpeg_timeout", exc.message)
+            await self._fail(job_id, export_id, Status.FAILED, "ffmpeg_timeout", exc.message)
         except FfmpegError as exc:
-            await self._fail(job_id, export_id, "failed", exc.code or "export_failed", f"Rendering failed: {exc.message}")
+            await self._fail(job_id, export_id, Status.FAILED, exc.code or "export_failed", f"Rendering failed: {exc.message}")
         except Exception:
             log.exception("export %s of job %s failed unexpectedly", export_id, job_id)
-            await self._fail(job_id, export_id, "failed", "internal_error", "The server hit an unexpected error while rendering; it has been logged.")
+            await self._fail(job_id, export_id, Status.FAILED, "internal_error", "The server hit an unexpected error while rendering; it has been logged.")
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(work_dir, ignore_errors=True))
 
@@ -201,7 +180,7 @@ class ExportManager:
         async def write() -> None:
             try:
                 await self.store.update_export(export_id, progress=fraction)
-                await self.hub.publish(job_id, "progress", {"stage": "exporting", "export_id": export_id, "progress": round(fraction, 4)})
+                await self.hub.publish(job_id, "progress", {"stage": Stage.EXPORTING, "export_id": export_id, "progress": round(fraction, 4)})
             except Exception:
                 log.debug("export progress for %s dropped", export_id, exc_info=True)
 

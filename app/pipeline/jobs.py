@@ -23,14 +23,17 @@ from typing import Any, Callable
 import anyio
 
 from app.pipeline.admission import Admission
-from app.pipeline.events import EventHub
+from app.pipeline.events import EventBus
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool
 from app.media.formats import segment_to_dict, transcript_to_dict
 from app.pipeline.options import JobOptions
+from app.pipeline.tasks import TaskRegistry
 from app.pipeline.windows import plan_windows
 from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
-from storage.files import JobFiles, atomic_write_json
-from storage.store import JobRecord, JobStore
+from storage.files import atomic_write_json
+from storage.seams import FileStore, JobRepository
+from storage.states import ACTIVE, Stage, Status
+from storage.store import JobRecord
 
 log = logging.getLogger("altyazi.jobs")
 
@@ -64,6 +67,7 @@ def segment_from_dict(d: dict[str, Any]) -> Segment:
         else None,
         avg_logprob=float(d.get("avg_logprob", 0.0)),
         no_speech_prob=float(d.get("no_speech_prob", 0.0)),
+        temperature=float(d.get("temperature", 0.0)),
     )
 
 
@@ -71,11 +75,11 @@ class JobManager:
     def __init__(
         self,
         *,
-        store: JobStore,
-        files: JobFiles,
+        store: JobRepository,
+        files: FileStore,
         pool: FfmpegPool,
         engine: Engine,
-        hub: EventHub,
+        hub: EventBus,
         multilingual: bool,
         limits: ManagerLimits | None = None,
     ) -> None:
@@ -91,8 +95,7 @@ class JobManager:
         # the app from the owner's key, so extra jobs wait in the fair queue.
         self.owner_cap: Callable[[str], int | None] = lambda owner: None
         self._vad_limiter = anyio.CapacityLimiter(self.limits.vad_threads)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
+        self._tasks = TaskRegistry("job")
         # Audio seconds finished and when: the base of Retry-After estimates.
         self.audio_seconds_done = 0.0
         self.started_monotonic = time.monotonic()
@@ -105,29 +108,26 @@ class JobManager:
 
     async def recover(self) -> int:
         """Re-queue what a previous process left queued or running (also after kill -9)."""
-        jobs = await self.store.jobs_with_status(("queued", "running"))
+        jobs = await self.store.jobs_with_status(ACTIVE)
         for job in jobs:
             if self.files.find_input(job.id) is None:
-                await self._finish(job.id, "failed", error=("input_missing", "The uploaded file is gone, so the job cannot resume; upload it again."))
+                await self._finish(job.id, Status.FAILED, error=("input_missing", "The uploaded file is gone, so the job cannot resume; upload it again."))
                 continue
-            if job.status == "running":
-                await self.store.update_job(job.id, status="queued", stage="queued")
+            if job.status == Status.RUNNING:
+                await self.store.update_job(job.id, status=Status.QUEUED, stage=Stage.QUEUED)
             self.spawn(job)
         if jobs:
             log.info("recovered %d unfinished job(s)", len(jobs))
         return len(jobs)
 
     def spawn(self, job: JobRecord) -> None:
-        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-        self._tasks[job.id] = task
         self._durations[job.id] = float(job.duration_s or 0.0)
 
-        def forget(t: asyncio.Task[None], job_id: str = job.id) -> None:
-            if self._tasks.get(job_id) is t:
-                del self._tasks[job_id]
+        def forget(job_id: str = job.id) -> None:
+            if job_id not in self._tasks:  # not replaced by a newer task for the same job
                 self._durations.pop(job_id, None)
 
-        task.add_done_callback(forget)
+        self._tasks.spawn(job.id, self._run(job), on_done=forget)
 
     def throughput(self, window_s: float = 300.0) -> float:
         """Audio seconds transcribed per wall second over the last few minutes (0: unknown)."""
@@ -155,35 +155,21 @@ class JobManager:
         """Shutdown: drop queued windows, let the batch on the model finish (at most
         ``grace_s``) so its windows are saved, then cancel every job task without
         marking it: jobs stay queued/running in the store and resume on restart."""
-        self._stopping = True
-        for job_id in list(self._tasks):
+        self._tasks.stopping = True
+        for job_id in self._tasks:
             self.engine.cancel_job(job_id)
         await self.engine.drain(grace_s)
         # One more turn of the loop so delivered results are announced and saved.
         await asyncio.sleep(0)
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
+        await self._tasks.stop()
 
     def queue_position(self, job_id: str) -> int | None:
         return self.admission.position(job_id)
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a job's work now: its ffmpeg is killed and its queued windows dropped."""
-        task = self._tasks.pop(job_id, None)
         self.engine.cancel_job(job_id)
-        if task is None:
-            return False
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # the task reports its own failures
-            pass
-        return True
+        return await self._tasks.cancel(job_id)
 
     # ---- the pipeline ----------------------------------------------------
 
@@ -196,25 +182,25 @@ class JobManager:
             finally:
                 self.admission.release(job_id)
         except asyncio.CancelledError:
-            if self._stopping:
+            if self._tasks.stopping:
                 _job_log(job, "interrupted", "stopped by shutdown; resumes at the next start")
             else:
                 _job_log(job, "cancelled", "cancelled")
             raise
         except JobFailure as exc:
-            await self._finish(job_id, "failed", error=(exc.code, exc.message))
+            await self._finish(job_id, Status.FAILED, error=(exc.code, exc.message))
         except Exception:
             log.exception("job %s failed unexpectedly", job_id)
-            await self._finish(job_id, "failed", error=("internal_error", "The server hit an unexpected error while processing this job; it has been logged."))
+            await self._finish(job_id, Status.FAILED, error=("internal_error", "The server hit an unexpected error while processing this job; it has been logged."))
 
     async def _pipeline(self, job: JobRecord) -> None:
         job_id = job.id
         options = JobOptions.from_dict(job.options)
         duration = float(job.duration_s or 0.0)
         job = await self.store.update_job(
-            job_id, status="running", stage="extracting", started_at=job.started_at or time.time(), attempts=job.attempts + 1
+            job_id, status=Status.RUNNING, stage=Stage.EXTRACTING, started_at=job.started_at or time.time(), attempts=job.attempts + 1
         )
-        await self.hub.publish(job_id, "status", {"status": "running", "stage": "extracting"})
+        await self.hub.publish(job_id, "status", {"status": Status.RUNNING, "stage": Stage.EXTRACTING})
         _job_log(job, "extracting", "running", queued_s=_since(job.created_at, job.started_at), attempt=job.attempts)
         progress = _Progress(self, job_id, job.progress)
         try:
@@ -259,7 +245,7 @@ class JobManager:
 
         await self.store.update_job(job_id, stage="finalizing")
         language = options.language or language or ("en" if not self.multilingual else None)
-        transcript = transcript_to_dict(segments, language=language, duration_s=duration)
+        transcript = transcript_to_dict(segments, language=language, duration_s=duration, scores=True)
         await anyio.to_thread.run_sync(atomic_write_json, self.files.transcript_path(job_id), transcript)
         await self._finish(job_id, "done", language=language, segments=len(segments))
         # The transcript holds the windows now; the PCM can be made again from the input.

@@ -16,13 +16,17 @@
     ["ur", "Urdu"], ["bn", "Bengali"], ["id", "Indonesian"], ["vi", "Vietnamese"], ["th", "Thai"],
     ["zh", "Chinese"], ["ja", "Japanese"], ["ko", "Korean"],
   ];
+  // One label per stage of storage/states.py (tests/test_web.py checks that none is missing).
   const STAGES = {
     queued: "Waiting for its turn",
     extracting: "Extracting the audio",
-    probing: "Reading the file",
-    vad: "Finding speech",
+    detecting_speech: "Finding speech",
     transcribing: "Transcribing",
+    finalizing: "Saving the transcript",
     exporting: "Exporting",
+    done: "Done",
+    failed: "Failed",
+    cancelled: "Cancelled",
   };
 
   // ---- the API ---------------------------------------------------------------
