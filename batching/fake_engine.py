@@ -59,6 +59,7 @@ class FakeEngine:
         self._counts = _Counts()
         self._idle = asyncio.Event()  # set while no window is being decoded
         self._idle.set()
+        self._called = asyncio.Event()  # set at each call, for wait_for_calls
         # windows waiting (on hold or delay), per job, for cancel_job / queue_position
         self._waiting: dict[str, dict[int, asyncio.Task[WindowResult]]] = {}
 
@@ -78,6 +79,7 @@ class FakeEngine:
         if not self.started or self.stopped:
             raise RuntimeError("the engine is not running")
         self.calls.append(window)
+        self._called.set()
         self._counts.submitted += 1
         self._counts.queued += 1
         # A task per window, so cancel_job can withdraw it as the real batcher does.
@@ -134,6 +136,12 @@ class FakeEngine:
             cancelled=c.cancelled,
             queued=c.queued,
         )
+
+    async def wait_for_calls(self, count: int) -> None:
+        """Return once ``count`` windows have reached the engine: tests wait on this, not on time."""
+        while len(self.calls) < count:
+            self._called.clear()
+            await self._called.wait()
 
     async def drain(self, timeout: float) -> bool:
         if self._idle.is_set():

@@ -7,6 +7,8 @@ mid-body and client disconnects need to be tested for real.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 import threading
 import time
@@ -119,6 +121,64 @@ def tiny_engine_factory(cfg: Config) -> tuple[Engine, bool, str]:
 
     resolved = resolve_model(TINY_EN, cfg.storage.data_dir)
     return engine_for(cfg, resolved), resolved.multilingual, resolved.name
+
+
+class FinishedRequests(logging.Handler):
+    """The requests a live server has finished answering, read from its access log.
+
+    The access line is written after everything the request did (cleanup of a cut
+    upload, the release of an event-stream slot), so a test waits on it instead
+    of sleeping for "long enough".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._done = threading.Condition()
+        self.seen: list[tuple[str, str, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._done:
+            self.seen.append((getattr(record, "method", ""), getattr(record, "path", ""), getattr(record, "status", 0)))
+            self._done.notify_all()
+
+    def wait_for(self, method: str, path: str, *, count: int = 1, timeout: float = 30) -> list[int]:
+        """Statuses of the first ``count`` finished ``method path`` requests, once there are that many."""
+        with self._done:
+            matching = lambda: [s for m, p, s in self.seen if (m, p) == (method, path)]  # noqa: E731
+            assert self._done.wait_for(lambda: len(matching()) >= count, timeout), f"{method} {path} did not finish: {self.seen}"
+            return matching()[:count]
+
+
+@pytest.fixture
+def finished_requests() -> Iterator[FinishedRequests]:
+    handler = FinishedRequests()
+    logger = logging.getLogger("altyazi.access")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def wait_event(client: httpx.Client, job_id: str, done: Callable[[str, dict[str, Any]], bool], timeout: float = 120) -> dict[str, Any]:
+    """Follow the job's event stream until ``done(type, data)``; answers that event's data.
+
+    The stream is how the API tells a client that something happened, so a test
+    waits on it rather than polling the job."""
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as resp:
+        assert resp.status_code == 200, resp.read()
+        event = ""
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if done(event, data):
+                    return data  # type: ignore[no-any-return]
+    raise AssertionError(f"the event stream of job {job_id} ended first")
 
 
 def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, wait_done
+from tests.conftest import FinishedRequests, LiveServer, wait_done
 from tests.media import make_video_with_speech, speak
 
 
@@ -164,7 +163,7 @@ def test_multipart_without_file_field(server: LiveServer) -> None:
         assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file"
 
 
-def test_upload_cut_off_mid_body(server: LiveServer, corpus: dict[str, Path]) -> None:
+def test_upload_cut_off_mid_body(server: LiveServer, corpus: dict[str, Path], finished_requests: FinishedRequests) -> None:
     data = corpus["wav"].read_bytes()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
@@ -173,11 +172,9 @@ def test_upload_cut_off_mid_body(server: LiveServer, corpus: dict[str, Path]) ->
             "Content-Type: application/octet-stream\r\n\r\n"
         )
         sock.sendall(head.encode() + data[: len(data) // 3])
-        time.sleep(0.3)
-    deadline = time.monotonic() + 10
+    finished_requests.wait_for("POST", "/v1/jobs")  # the server has cleaned up after the cut
+    assert server.state.uploads_in_flight == 0
     with server.client() as client:
-        while server.state.uploads_in_flight and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert client.get("/v1/jobs").json()["jobs"] == []
         assert client.get("/healthz").status_code == 200
     root = server.state.files.root

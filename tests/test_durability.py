@@ -13,7 +13,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, wait_done, wait_export
+from tests.conftest import LiveServer, wait_done, wait_event, wait_export
 from tests.media import VARIED_SENTENCES, make_long_speech, speak
 from tests.procserver import ServerProcess
 
@@ -85,10 +85,7 @@ def test_sigterm_ends_sse_streams_and_exits_cleanly(tmp_path: Path) -> None:
             for t in threads:
                 t.start()
             opened.wait()
-            deadline = time.monotonic() + 60
-            while client.get(f"/v1/jobs/{job_id}").json()["stage"] != "transcribing":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_event(client, job_id, lambda type, data: data.get("stage") == "transcribing", timeout=60)
         t0 = time.monotonic()
         server.signal(signal.SIGTERM)
         assert server.wait(30) == 0
@@ -116,8 +113,11 @@ def test_draining_server_refuses_uploads(make_server: Callable[..., LiveServer],
 
     live = make_server()
     wav = speak("hello", tmp_path / "h.wav")
-    live.extra["loop"].call_soon_threadsafe(begin_drain, live.app)
-    time.sleep(0.2)
+
+    async def drain() -> None:
+        begin_drain(live.app)
+
+    live.call(drain())  # on the server's loop, and done when this returns
     with live.client() as client:
         r = upload(client, wav)
         assert r.status_code == 503 and r.headers["retry-after"]
@@ -194,10 +194,7 @@ def test_kill_9_during_an_export_restarts_it(tmp_path: Path) -> None:
             job_id = upload(client, video).json()["id"]
             assert wait_done(client, job_id)["status"] == "done"
             export_id = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "burn", "preset": "veryslow", "crf": 5}).json()["id"]
-            deadline = time.monotonic() + 30
-            while client.get(f"/v1/jobs/{job_id}/exports/{export_id}").json()["status"] != "running":
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_event(client, job_id, lambda type, data: data.get("export_id") == export_id and data.get("stage") == "exporting", timeout=30)
         server.signal(signal.SIGKILL)
         server.wait(10)
     finally:

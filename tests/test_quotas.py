@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -11,7 +10,9 @@ import httpx
 import pytest
 
 from batching.fake_engine import FakeEngine
-from tests.conftest import LiveServer, add_keys, bearer, wait_done
+from app.api.auth import AuthMiddleware
+from app.api.ratelimit import RateLimiter
+from tests.conftest import FinishedRequests, LiveServer, add_keys, bearer, wait_done, wait_event
 from tests.media import speak
 
 AUTH_ON = {"auth.enabled": True}
@@ -37,10 +38,17 @@ def upload(client: httpx.Client, path: Path) -> httpx.Response:
 
 
 def wait_status(client: httpx.Client, job_id: str, status: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get(f"/v1/jobs/{job_id}").json()["status"] != status:
-        assert time.monotonic() < deadline, f"job {job_id} never became {status}"
-        time.sleep(0.05)
+    wait_event(client, job_id, lambda type, data: data.get("status") == status, timeout=timeout)
+
+
+def auth_middleware(live: LiveServer) -> AuthMiddleware:
+    """The server's AuthMiddleware (the middleware stack is built by the first request)."""
+    with live.client() as client:
+        client.get("/healthz")
+    layer: Any = live.app.middleware_stack
+    while not isinstance(layer, AuthMiddleware):
+        layer = layer.app
+    return layer
 
 
 def assert_429(r: httpx.Response, code: str) -> None:
@@ -126,6 +134,8 @@ def test_request_rate_limit_per_key(make_server: Callable[..., LiveServer], tmp_
     keys = add_keys(tmp_path / "data", "alice", "bob")
     keys |= add_keys(tmp_path / "data", "robot", rate_per_minute=0)
     live = make_server(**AUTH_ON, **{"auth.rate_limit_per_minute": 60, "auth.rate_limit_burst": 3})
+    now = [1000.0]
+    auth_middleware(live).limiter = RateLimiter(60, 3, clock=lambda: now[0])  # time moves when the test says
     with live.client() as client:
         a, b, robot = (bearer(keys[n]) for n in ("alice", "bob", "robot"))
         assert [client.get("/v1/jobs", headers=a).status_code for _ in range(3)] == [200, 200, 200]
@@ -135,17 +145,19 @@ def test_request_rate_limit_per_key(make_server: Callable[..., LiveServer], tmp_
         assert client.get("/v1/jobs", headers=b).status_code == 200, "buckets are per key"
         assert all(client.get("/v1/jobs", headers=robot).status_code == 200 for _ in range(10)), "a key's own rate (0 = unlimited)"
         assert client.get("/healthz").status_code == 200, "open paths are not rate limited"
-        time.sleep(1.05)
+        now[0] += 1.0
         assert client.get("/v1/jobs", headers=a).status_code == 200
 
 
-def test_event_streams_per_key(make_server: Callable[..., LiveServer], tmp_path: Path, wav: Path) -> None:
+def test_event_streams_per_key(make_server: Callable[..., LiveServer], tmp_path: Path, wav: Path, finished_requests: FinishedRequests) -> None:
     keys = add_keys(tmp_path / "data", "alice", "bob")
     live, hold = held(make_server, **{"auth.max_sse_per_key": 1})
     with live.client(headers=bearer(keys["alice"])) as alice, live.client(headers=bearer(keys["bob"])) as bob:
         job = upload(alice, wav).json()["id"]
         bob_job = upload(bob, wav).json()["id"]
         wait_status(alice, job, "running")
+        events = f"/v1/jobs/{job}/events"
+        finished_requests.wait_for("GET", events)  # the stream wait_status followed is closed on the server too
         with alice.stream("GET", f"/v1/jobs/{job}/events") as first:
             assert first.status_code == 200
             lines = first.iter_lines()  # kept: a dropped iterator closes the connection
@@ -156,12 +168,8 @@ def test_event_streams_per_key(make_server: Callable[..., LiveServer], tmp_path:
                 assert_429(second, "too_many_streams")
             with bob.stream("GET", f"/v1/jobs/{bob_job}/events") as other:
                 assert other.status_code == 200, "another key has its own streams"
-        # Closing the stream frees the place (the server notices the disconnect).
-        deadline = time.monotonic() + 10
-        while True:
-            with alice.stream("GET", f"/v1/jobs/{job}/events") as again:
-                if again.status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "a closed stream still counts against the key"
-            time.sleep(0.1)
+        # Closing the stream frees the place once the server has seen the disconnect.
+        assert sorted(finished_requests.wait_for("GET", events, count=3)) == [200, 200, 429]
+        with alice.stream("GET", f"/v1/jobs/{job}/events") as again:
+            assert again.status_code == 200, "a closed stream still counts against the key"
         release(live, hold)
