@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout, fraction_reporter, out_time_s
-from tests.test_media import AUDIO_FORMATS, CLIP_SECONDS, make_media, pytestmark  # noqa: F401
+from tests.test_probe import AUDIO_FORMATS, CLIP_SECONDS, make_media, pytestmark  # noqa: F401
 
 SLOW = ["-re", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "30", "-f", "null", "-"]
 

@@ -20,7 +20,7 @@ def _whisper() -> Engine:
     from app.model_files import resolve_model
     from batching.whisper_engine import WhisperEngine
 
-    resolved = resolve_model("tiny.en", "./data")
+    resolved = resolve_model("tiny.en", Path("data"))  # tiny.en ships in a package; no data dir is read
     return WhisperEngine(
         {"model": resolved.path_or_id, "device": "cpu", "compute_type": "int8", "cpu_threads": 2},
         options=BatcherOptions(max_batch_size=4, max_wait_s=0.0, prepare_threads=1),

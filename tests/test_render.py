@@ -26,7 +26,7 @@ from app.media.render import (
 from app.media.ffmpeg import FfmpegError, FfmpegPool, FfmpegTimeout
 from app.media.probe import MediaInfo
 from batching.types import Segment
-from tests.test_media import CLIP_SECONDS, make_media, pytestmark  # noqa: F401
+from tests.test_probe import CLIP_SECONDS, make_media, pytestmark  # noqa: F401
 
 SEGMENTS = (
     Segment(0.4, 1.6, " Hello world, this is a test of burned subtitles & friends"),

@@ -1,6 +1,6 @@
 """Probing and the upload checks, on media generated here with ffmpeg and espeak-ng.
 
-The generators at the top are shared with tests/test_ffmpeg.py and tests/test_export.py.
+The generators at the top are shared with tests/test_ffmpeg.py and tests/test_render.py.
 """
 
 from __future__ import annotations
