@@ -43,7 +43,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar, cast
 
-from batching.clock import Clock, MonotonicClock
+from batching.clock import Clock, MonotonicClock, wait_set
 from batching.fair import FairQueue
 
 T = TypeVar("T")
@@ -257,13 +257,7 @@ class MicroBatcher(Generic[T, P, R]):
         Queued items stay queued (withdraw them with ``cancel_job`` first); a batch
         that finishes has its results delivered before this returns.
         """
-        if self._model_idle.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._model_idle.wait(), timeout=max(0.0, timeout))
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._model_idle, timeout)
 
     async def submit(self, item: T) -> R:
         """Wait for the item's result. An exception from ``prepare`` or ``run``

@@ -110,3 +110,18 @@ class FakeClock:
         except ValueError:
             return
         heapq.heapify(self._sleepers)
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set, at most ``timeout`` seconds; True if it is.
+
+    A set event answers at once, also with a timeout of 0 (``asyncio.wait_for``
+    alone would time out before the wait ever ran).
+    """
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout))
+    except TimeoutError:
+        return False
+    return True

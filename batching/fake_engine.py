@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from batching.clock import wait_set
 from batching.types import EngineStats, Segment, WindowRequest, WindowResult, Word
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -144,13 +145,7 @@ class FakeEngine:
             await self._called.wait()
 
     async def drain(self, timeout: float) -> bool:
-        if self._idle.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, timeout))
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._idle, timeout)
 
     @staticmethod
     def result_for(window: WindowRequest) -> WindowResult:
