@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import pysubs2
 
+from app.demuxers import whitelist_args
 from app.ffmpeg import FfmpegPool, file_url, fraction_reporter
 from app.media import MediaInfo
 from batching.types import Segment
@@ -373,7 +374,9 @@ def _burn_args(media: MediaInfo, options: ExportOptions, ass_path: Path, source:
 
 
 def _soft_args(media: MediaInfo, options: ExportOptions, sub_path: Path, sub_format: str, sub_codec: str, language: str | None, source: Path, tmp: Path) -> list[str]:  # fmt: skip
-    args = ["-i", file_url(source), "-f", sub_format, "-i", file_url(sub_path)]
+    # The subtitle file is altyazi's own, read with its one demuxer; the upload gets
+    # the media whitelist from the pool (app/demuxers.py).
+    args = ["-i", file_url(source), *whitelist_args(sub_format), "-f", sub_format, "-i", file_url(sub_path)]
     if media.has_video:
         args += ["-map", "0:V:0"]  # V: a real picture, never mp3 cover art
     if media.has_audio:

@@ -7,6 +7,9 @@ stderr pipe would otherwise stall ffmpeg forever), and on cancellation or timeou
 SIGTERM, a grace period, then SIGKILL, with the reap shielded so no zombie is left
 behind whatever the caller's task does next.
 
+Every input is opened with the demuxer and protocol whitelists of
+:mod:`app.demuxers`.
+
 Every ffmpeg run gets ``-progress pipe:1``, even when nobody listens: the steady
 trickle of progress blocks means ffmpeg dies of SIGPIPE if the server itself dies,
 instead of running on as an orphan for an hour.
@@ -28,7 +31,8 @@ from typing import TypeVar
 
 import anyio
 
-from app.media import MediaError, MediaInfo, not_media, parse_probe, read_headers
+from app.demuxers import refused_format, whitelist_args, with_whitelists
+from app.media import MediaError, MediaInfo, not_allowed_format, not_media, parse_probe, read_headers, too_long_message
 
 log = logging.getLogger("altyazi.ffmpeg")
 
@@ -37,6 +41,10 @@ T = TypeVar("T")
 _STDERR_TAIL_BYTES = 8192
 _PROBE_TIMEOUT_S = 60.0
 _MEASURE_TIMEOUT_S = 600.0
+# Audio is decoded up to this far past storage.max_duration_s, and refused when
+# it runs more than half of it past: headers and decoders disagree by a few
+# frames on honest files, never by half a second.
+LIMIT_SLACK_S = 1.0
 
 
 class FfmpegError(Exception):
@@ -61,6 +69,13 @@ class FfmpegTimeout(FfmpegError):
 class DiskFull(FfmpegError):
     code = "disk_full"
     status = 507
+
+
+class TooLong(FfmpegError):
+    """The decoded audio runs past storage.max_duration_s, whatever the header said."""
+
+    code = "too_long"
+    status = 413
 
 
 @dataclass
@@ -156,7 +171,9 @@ class FfmpegPool:
         timeout_s: float = 3600,
         threads: int = 0,
         kill_grace_s: float = 3.0,
+        max_audio_s: float | None = None,
     ) -> None:
+        """``max_audio_s``: longest audio that extraction and measuring decode (None: no limit)."""
         if max_processes < 1:
             raise ValueError(f"max_processes must be >= 1, got {max_processes!r}")
         if timeout_s <= 0:
@@ -169,6 +186,7 @@ class FfmpegPool:
         self.timeout_s = timeout_s
         self.threads = threads
         self.kill_grace_s = kill_grace_s
+        self.max_audio_s = max_audio_s
         # anyio's limiter works on the asyncio loop too and is FIFO-fair.
         self._limiter = anyio.CapacityLimiter(max_processes)
         # ffprobe reads headers in milliseconds and answers an upload that is
@@ -190,6 +208,7 @@ class FfmpegPool:
     # -- running ---------------------------------------------------------------
 
     def _ffmpeg_argv(self, args: list[str]) -> list[str]:
+        args = with_whitelists(args)
         head = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-progress", "pipe:1", "-nostats"]
         if self.threads <= 0 or "-threads" in args:
             return head + list(args)
@@ -378,7 +397,10 @@ class FfmpegPool:
                 if measured:
                     info = replace(info, duration_s=measured)
             return info
-        argv = [self.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json", "-show_format", "-show_streams", file_url(path)]
+        argv = [
+            self.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json", "-show_format", "-show_streams",
+            *whitelist_args(), file_url(path),
+        ]  # fmt: skip
         try:
             _, out = await self._exec(
                 argv, timeout_s=min(self.timeout_s, _PROBE_TIMEOUT_S), on_line=None, what="ffprobe", limiter=self._probe_limiter
@@ -389,7 +411,8 @@ class FfmpegPool:
             if exc.code == "ffmpeg_missing":
                 raise
             log.info("ffprobe rejected %s: %s", path, _summarise(exc.stderr_tail))
-            raise not_media() from exc
+            refused = refused_format(exc.stderr_tail)
+            raise (not_allowed_format(refused) if refused else not_media()) from exc
         try:
             info = parse_probe(json.loads(out or b"{}"))
         except ValueError as exc:
@@ -410,9 +433,12 @@ class FfmpegPool:
             if pos is not None:
                 last.append(pos)
 
+        # Past the limit the length no longer matters: stop there instead of
+        # decoding hours of audio that will be refused anyway.
+        cap = ["-t", f"{self.max_audio_s + LIMIT_SLACK_S:g}"] if self.max_audio_s else []
         try:
             await self.run(
-                ["-i", file_url(path), "-map", "0:a:0", "-f", "null", "-"],
+                ["-i", file_url(path), "-map", "0:a:0", *cap, "-f", "null", "-"],
                 timeout_s=min(self.timeout_s, _MEASURE_TIMEOUT_S),
                 on_progress=on_block,
             )
@@ -433,18 +459,25 @@ class FfmpegPool:
 
         Written under a ``.part`` name and renamed, so ``dst_pcm`` is either complete
         or absent; the partial file is removed on any failure or cancellation.
+        With ``max_audio_s`` set, decoding stops just past that limit and
+        :class:`TooLong` is raised: a header may claim 3 s over hours of audio.
         """
         dst = Path(dst_pcm)
         tmp = dst.with_name(dst.name + ".part")
         args = [
             "-i", file_url(src),
             "-map", "0:a:0", "-vn", "-sn", "-dn",
-            "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "s16le",
-            file_url(tmp),
+            "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le",
         ]  # fmt: skip
+        if self.max_audio_s:
+            args += ["-t", f"{self.max_audio_s + LIMIT_SLACK_S:g}"]
+        args += ["-f", "s16le", file_url(tmp)]
         report = fraction_reporter(duration_s, on_progress) if on_progress is not None else None
         try:
             await self.run(args, on_progress=report)
+            decoded_s = tmp.stat().st_size / (2 * 16000)
+            if self.max_audio_s and decoded_s > self.max_audio_s + LIMIT_SLACK_S / 2:
+                raise TooLong(too_long_message(None, self.max_audio_s, claimed_s=duration_s))
             os.replace(tmp, dst)
         except BaseException:
             tmp.unlink(missing_ok=True)

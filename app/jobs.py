@@ -24,7 +24,7 @@ import anyio
 
 from app.admission import Admission
 from app.events import EventHub
-from app.ffmpeg import DiskFull, FfmpegError, FfmpegPool
+from app.ffmpeg import DiskFull, FfmpegError, FfmpegPool, TooLong
 from app.formats import segment_to_dict, transcript_to_dict
 from app.options import JobOptions
 from app.windows import plan_windows
@@ -241,6 +241,8 @@ class JobManager:
                     duration_s=duration or None,
                     on_progress=lambda f: progress.report("extracting", EXTRACT_SHARE * f),
                 )
+            except TooLong as exc:
+                raise JobFailure("too_long", exc.message) from None
             except DiskFull:
                 raise JobFailure("disk_full", "The server ran out of disk space while extracting the audio; try again later.") from None
             except FfmpegError as exc:

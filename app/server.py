@@ -65,6 +65,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             max_processes=cfg.ffmpeg.max_processes,
             timeout_s=cfg.ffmpeg.timeout_s,
             threads=cfg.ffmpeg.threads,
+            max_audio_s=cfg.storage.max_duration_s,
         )
         engine, multilingual, model_name = factory(cfg)
         t0 = time.monotonic()

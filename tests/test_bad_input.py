@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_done
+from tests.hostile import Hostile, OpenWatch, lying_mkv, make_hostile
 from tests.media import make_video_with_speech, speak
 
 
@@ -50,9 +51,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         data = src.read_bytes()
         files[f"truncated_{name}"] = d / f"truncated.{name}"
         files[f"truncated_{name}"].write_bytes(data[: len(data) * 3 // 10])
+    # 60 s of audio whose Matroska header says 3 s: under the test server's 20 s limit.
+    files["lying_duration"] = lying_mkv(d / "lying.mkv", seconds=60, claimed_s=3)
     files["long"] = d / "long.wav"
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "30", str(files["long"]))
     return files
+
+
+def assert_nothing_left(server: LiveServer, client: httpx.Client) -> None:
+    """A refused upload leaves no job, no job folder, and a healthy server."""
+    assert client.get("/v1/jobs").json()["jobs"] == []
+    assert client.get("/healthz").status_code == 200
+    root = server.state.files.root
+    assert not root.exists() or list(root.iterdir()) == []
 
 
 def upload(client: httpx.Client, path: Path, name: str | None = None, **data: Any) -> httpx.Response:
@@ -178,10 +189,7 @@ def test_upload_cut_off_mid_body(server: LiveServer, corpus: dict[str, Path]) ->
     with server.client() as client:
         while server.state.uploads_in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert client.get("/v1/jobs").json()["jobs"] == []
-        assert client.get("/healthz").status_code == 200
-    root = server.state.files.root
-    assert not root.exists() or list(root.iterdir()) == []
+        assert_nothing_left(server, client)
 
 
 def test_unknown_and_bad_options(server: LiveServer, corpus: dict[str, Path]) -> None:
@@ -195,3 +203,42 @@ def test_unknown_and_bad_options(server: LiveServer, corpus: dict[str, Path]) ->
         assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_option"
         assert client.get("/v1/jobs/does-not-exist").status_code == 404
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+    return make_hostile(tmp_path_factory.mktemp("hostile"))
+
+
+HOSTILE = ["hls_m3u8", "hls_as_mp4", "hls_file_urls", "hls_passwd", "ffconcat", "sdp", "dash_mpd", "vobsub_idx",
+           "image2_pattern", "image2_glob"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_playlists_scripts_and_patterns_are_refused_unread(server: LiveServer, hostile: Hostile, case: str) -> None:
+    # Each names files on the server (another job's input.ts, a passwd file); before
+    # the demuxer whitelist an HLS or DASH one was accepted and transcribed them.
+    path, name = hostile.files[case]
+    with OpenWatch(*hostile.targets) as watch, server.client() as client:
+        r = upload(client, path, name=name)
+        assert r.status_code == 415, r.text
+        error = r.json()["error"]
+        assert error["code"] == "not_media", error
+        assert "Upload an audio or video file" in error["message"] and "/" not in error["message"]
+        assert watch.opened() == [], "a hostile upload made the server open the file it names"
+        assert_nothing_left(server, client)
+
+
+def test_a_header_that_lies_about_the_duration_is_caught_while_decoding(server: LiveServer, corpus: dict[str, Path]) -> None:
+    # Accepted on the header's word (3 s of a 20 s limit); before the limit was
+    # enforced on the decoded audio all 60 s were transcribed.
+    with server.client() as client:
+        r = upload(client, corpus["lying_duration"])
+        assert r.status_code == 202, r.text
+        assert r.json()["duration_s"] == pytest.approx(3, abs=0.1)
+        job = wait_done(client, r.json()["id"])
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "too_long"
+        assert "20 s" in job["error"]["message"] and "3 s" in job["error"]["message"]
+        assert client.get(f"/v1/jobs/{job['id']}/transcript").status_code == 409
+    assert not server.state.files.audio_path(job["id"]).exists()
