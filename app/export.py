@@ -409,8 +409,12 @@ async def render_export(
     work_dir: Path,
     dest: Path,
     on_progress: Callable[[float], None] | None = None,
+    owner: str = "",
 ) -> None:
     """Render ``source`` with ``segments`` to ``dest`` (complete or absent, never partial).
+
+    It waits in the pool as ``owner``'s render: behind every audio extraction,
+    in turn with other owners' renders.
 
     ``work_dir`` must belong to this export alone (the subtitle files in it have fixed
     names). Raises :class:`ExportOptionError` before starting ffmpeg for impossible
@@ -438,7 +442,7 @@ async def render_export(
             written.append(sub_path)
             args = _soft_args(media, options, sub_path, sub_format, sub_codec, language, source, tmp)
         report = fraction_reporter(media.duration_s, on_progress) if on_progress is not None else None
-        await pool.run(args, on_progress=report)
+        await pool.run(args, on_progress=report, kind="render", owner=owner)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

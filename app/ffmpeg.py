@@ -8,7 +8,8 @@ SIGTERM, a grace period, then SIGKILL, with the reap shielded so no zombie is le
 behind whatever the caller's task does next.
 
 Every input is opened with the demuxer and protocol whitelists of
-:mod:`app.demuxers`.
+:mod:`app.demuxers`, and the slots are handed out by :mod:`app.ffmpeg_slots`:
+reading uploads before rendering exports, owners in turn.
 
 Every ffmpeg run gets ``-progress pipe:1``, even when nobody listens: the steady
 trickle of progress blocks means ffmpeg dies of SIGPIPE if the server itself dies,
@@ -32,6 +33,7 @@ from typing import TypeVar
 import anyio
 
 from app.demuxers import refused_format, whitelist_args, with_whitelists
+from app.ffmpeg_slots import FairSlots, Kind
 from app.media import MediaError, MediaInfo, not_allowed_format, not_media, parse_probe, read_headers, too_long_message
 
 log = logging.getLogger("altyazi.ffmpeg")
@@ -171,15 +173,19 @@ class FfmpegPool:
         timeout_s: float = 3600,
         threads: int = 0,
         kill_grace_s: float = 3.0,
+        render_processes: int = 0,
         max_audio_s: float | None = None,
     ) -> None:
-        """``max_audio_s``: longest audio that extraction and measuring decode (None: no limit)."""
+        """``render_processes``: most exports rendering at once (0: all slots but one).
+        ``max_audio_s``: longest audio that extraction and measuring decode (None: no limit)."""
         if max_processes < 1:
             raise ValueError(f"max_processes must be >= 1, got {max_processes!r}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads!r}")
+        if not 0 <= render_processes <= max_processes:
+            raise ValueError(f"render_processes must be from 0 to max_processes, got {render_processes!r}")
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
         self.max_processes = max_processes
@@ -187,8 +193,7 @@ class FfmpegPool:
         self.threads = threads
         self.kill_grace_s = kill_grace_s
         self.max_audio_s = max_audio_s
-        # anyio's limiter works on the asyncio loop too and is FIFO-fair.
-        self._limiter = anyio.CapacityLimiter(max_processes)
+        self._slots = FairSlots(max_processes, render_slots=render_processes or None)
         # ffprobe reads headers in milliseconds and answers an upload that is
         # waiting for its 202: it must not queue behind long exports, so it has
         # slots of its own.
@@ -198,12 +203,12 @@ class FfmpegPool:
     @property
     def busy(self) -> int:
         """Processes running now."""
-        return int(self._limiter.borrowed_tokens)
+        return self._slots.busy
 
     @property
     def waiting(self) -> int:
         """Callers queued for a process slot."""
-        return self._limiter.statistics().tasks_waiting
+        return self._slots.waiting
 
     # -- running ---------------------------------------------------------------
 
@@ -230,8 +235,13 @@ class FfmpegPool:
         *,
         timeout_s: float | None = None,
         on_progress: Callable[[dict[str, str]], None] | None = None,
+        kind: Kind = "read",
+        owner: str = "",
     ) -> RunResult:
         """Run ``ffmpeg <args>`` in a pool slot; raise :class:`FfmpegError` unless it exits 0.
+
+        ``kind`` and ``owner`` place it in the queue: reads (extraction, measuring)
+        before renders, owners in turn (:mod:`app.ffmpeg_slots`).
 
         ``on_progress`` gets each ``-progress`` key=value block as a dict, on the loop.
         Cancelling the caller kills the process (TERM, grace, KILL) and re-raises.
@@ -249,7 +259,9 @@ class FfmpegPool:
                 if on_progress is not None:
                     on_progress(done)
 
-        result, _ = await self._exec(self._ffmpeg_argv(args), timeout_s=timeout_s, on_line=on_line, what="ffmpeg")
+        result, _ = await self._exec(
+            self._ffmpeg_argv(args), timeout_s=timeout_s, on_line=on_line, what="ffmpeg", kind=kind, owner=owner
+        )
         return result
 
     async def _exec(
@@ -260,15 +272,22 @@ class FfmpegPool:
         on_line: Callable[[bytes], None] | None,
         what: str,
         limiter: anyio.CapacityLimiter | None = None,
+        kind: Kind = "read",
+        owner: str = "",
     ) -> tuple[RunResult, bytes]:
         limit = self.timeout_s if timeout_s is None else timeout_s
-        slots = limiter or self._limiter
+        if limiter is None:
+            await self._slots.acquire(kind, owner)
+            try:
+                return await self._exec_in_slot(argv, limit, on_line, what)
+            finally:
+                self._slots.release(kind)
         borrower = object()  # one token per call, so one task may run several processes in turn
-        await slots.acquire_on_behalf_of(borrower)
+        await limiter.acquire_on_behalf_of(borrower)
         try:
             return await self._exec_in_slot(argv, limit, on_line, what)
         finally:
-            slots.release_on_behalf_of(borrower)
+            limiter.release_on_behalf_of(borrower)
 
     async def _exec_in_slot(
         self, argv: list[str], limit: float, on_line: Callable[[bytes], None] | None, what: str
