@@ -6,9 +6,11 @@ cut from one, at the start of the module.
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 import time
+import wave
 from pathlib import Path
 from typing import Any, Callable
 
@@ -242,3 +244,72 @@ def test_a_header_that_lies_about_the_duration_is_caught_while_decoding(server: 
         assert "20 s" in job["error"]["message"] and "3 s" in job["error"]["message"]
         assert client.get(f"/v1/jobs/{job['id']}/transcript").status_code == 409
     assert not server.state.files.audio_path(job["id"]).exists()
+
+
+# -- disk space while an upload streams ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 MB of silence as a real WAV (12.5 min at 16 kHz): bigger than the 8 MB between free-space checks."""
+    path = tmp_path_factory.mktemp("big") / "big.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0" * (24 << 20))
+    return path
+
+
+def test_free_space_is_checked_while_a_chunked_upload_streams(
+    make_server: Callable[..., LiveServer], big_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A chunked body declares no size, so the check before the body passes; before
+    # the checks while streaming, it filled the disk past storage.min_free_mb.
+    server = make_server(**{"storage.max_upload_mb": 64})
+    checks: list[Path] = []
+
+    def disk_nearly_full(path: Path) -> int:
+        checks.append(path)
+        return 512 * 1024  # below the test server's floor of 1 MB
+
+    monkeypatch.setattr("app.uploads.free_bytes", disk_nearly_full, raising=False)
+    with server.client() as client:
+        r = client.post("/v1/jobs", params={"filename": "big.wav"}, content=_chunks(big_wav))
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "insufficient_storage" and int(r.headers["retry-after"]) >= 1
+        assert checks, "free space was never checked while streaming"
+        assert_nothing_left(server, client)
+
+
+class _FillingFile:
+    """A file on a disk that is full after ``room`` bytes: writes past it fail with ENOSPC."""
+
+    def __init__(self, path: Any, mode: str, room: int) -> None:
+        self._fh = open(path, mode)  # noqa: SIM115 - closed by the sink
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def test_a_disk_that_fills_during_an_upload_is_507(
+    make_server: Callable[..., LiveServer], big_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the OSError escaped as a 500 and the partial file stayed behind.
+    server = make_server(**{"storage.max_upload_mb": 64})
+    monkeypatch.setattr("app.uploads.open", lambda path, mode: _FillingFile(path, mode, 5 << 20), raising=False)
+    with server.client() as client:
+        r = upload(client, big_wav)
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "insufficient_storage"
+        assert_nothing_left(server, client)
+    monkeypatch.undo()
+    with server.client() as client:  # the disk has room again: the same upload goes through
+        assert upload(client, big_wav).status_code == 202
