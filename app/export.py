@@ -19,7 +19,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ import pysubs2
 
 from app.demuxers import whitelist_args
 from app.ffmpeg import FfmpegPool, file_url, fraction_reporter
+from app.formats import srt_text, strip_overrides, vtt_text
 from app.media import MediaInfo
 from batching.types import Segment
 
@@ -238,7 +239,9 @@ def _play_res(width: int | None, height: int | None) -> tuple[int, int]:
 
 
 def _cues(segments: Sequence[Segment]) -> list[Segment]:
-    return sorted((s for s in segments if s.text.strip() and s.end > s.start), key=lambda s: (s.start, s.end))
+    # Override blocks ({\an8}) are dropped from every rendering (app/formats.py).
+    cues = (replace(s, text=strip_overrides(s.text)) for s in segments)
+    return sorted((s for s in cues if s.text.strip() and s.end > s.start), key=lambda s: (s.start, s.end))
 
 
 def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | None, height: int | None) -> str:
@@ -287,18 +290,6 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
-
-
-def _srt_escape(line: str) -> str:
-    # SRT has no escapes, but ffmpeg and players read <b>, {\an8} and \N as markup.
-    return line.replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
-
-
-def _vtt_escape(line: str) -> str:
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def build_text_subs(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], max_chars: int) -> str:
     """SRT or WebVTT for a soft track: plain text, wrapped, markup characters neutralised.
 
@@ -307,7 +298,7 @@ def build_text_subs(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], max
     """
     out = ["WEBVTT", ""] if fmt == "vtt" else []
     sep = "." if fmt == "vtt" else ","
-    escape = _vtt_escape if fmt == "vtt" else _srt_escape
+    escape = vtt_text if fmt == "vtt" else srt_text
     for n, seg in enumerate(_cues(segments), start=1):
         lines = [escape(line) for line in wrap_text(seg.text, max_chars).split("\n")]
         out += [str(n), f"{_timestamp(seg.start, sep)} --> {_timestamp(seg.end, sep)}", *lines, ""]

@@ -4,6 +4,12 @@ Rendering is pure: segments in, text out. Every renderer works from integer
 milliseconds, so rounding can never produce a ``,1000`` field, and from cleaned
 text, so a cue can never contain a blank line (which ends a cue in SRT and
 WebVTT) or a ``-->`` (which starts one).
+
+A transcript is plain text, never markup, in every rendering: ASS override
+blocks (``{\\an8}``) are dropped, SRT lines get an invisible word joiner after
+``<``, ``{`` and ``\\`` so players show ``<b>`` or ``<font>`` as typed, WebVTT
+escapes ``&``, ``<`` and ``>``, and TXT is otherwise the text as typed. The JSON keeps
+each segment's text exactly as stored.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ __all__ = [
     "SegmentError",
     "render",
     "segment_to_dict",
+    "srt_text",
+    "strip_overrides",
     "to_json",
     "to_srt",
     "to_txt",
     "to_vtt",
     "transcript_to_dict",
     "validate_segments",
+    "vtt_text",
 ]
 
 # format name -> (media type, file extension)
@@ -67,9 +76,33 @@ def _cue_times(seg: Segment) -> tuple[int, int]:
     return start, end
 
 
+# ASS/SSA override blocks ("{\an8}", "{\c&H0000FF&}", "{\alpha&HFF&}"): styling
+# codes that text pasted from another subtitle file brings along, never words.
+# Obeyed, they move, recolour or hide a cue; shown, they are noise.
+_OVERRIDE = re.compile(r"\{\\[^{}]*\}")
+_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
+
+
+def strip_overrides(text: str) -> str:
+    """``text`` without ASS override blocks; other braces stay."""
+    return _OVERRIDE.sub("", text)
+
+
+def srt_text(line: str) -> str:
+    """One SRT line shown as typed: SRT has no escapes, but players read ``<b>``,
+    ``<font>``, ``{...}`` and ``\\N`` as markup; a word joiner after ``<``, ``{``
+    and ``\\`` keeps them from being read so."""
+    return line.replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
+
+
+def vtt_text(line: str) -> str:
+    """One WebVTT line shown as typed; escaping ">" also removes every "-->"."""
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _lines(text: str) -> list[str]:
-    """The non-empty, stripped lines of a segment's text."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """The non-empty, stripped lines of a segment's text, override blocks dropped."""
+    return [line.strip() for line in strip_overrides(text).splitlines() if line.strip()]
 
 
 def _one_line(text: str) -> str:
@@ -137,7 +170,7 @@ def to_srt(segments: Sequence[Segment]) -> str:
     cues: list[str] = []
     for seg in segments:
         # "→" cannot take part in a new "-->", so one replace pass is enough.
-        lines = [line.replace("-->", "→") for line in _lines(seg.text)]
+        lines = [srt_text(line.replace("-->", "→")) for line in _lines(seg.text)]
         if not lines:
             continue  # an empty cue would break numbering in strict players
         start, end = _cue_times(seg)
@@ -147,15 +180,10 @@ def to_srt(segments: Sequence[Segment]) -> str:
     return "".join(cue + "\n\n" for cue in cues)
 
 
-def _vtt_escape(text: str) -> str:
-    # Escaping ">" also removes every "-->".
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def to_vtt(segments: Sequence[Segment]) -> str:
     parts = ["WEBVTT\n\n"]
     for seg in segments:
-        lines = [_vtt_escape(line) for line in _lines(seg.text)]
+        lines = [vtt_text(line) for line in _lines(seg.text)]
         if not lines:
             continue
         start, end = _cue_times(seg)
