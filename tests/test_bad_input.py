@@ -244,6 +244,9 @@ def test_a_header_that_lies_about_the_duration_is_caught_while_decoding(server: 
         assert "20 s" in job["error"]["message"] and "3 s" in job["error"]["message"]
         assert client.get(f"/v1/jobs/{job['id']}/transcript").status_code == 409
     assert not server.state.files.audio_path(job["id"]).exists()
+    with server.client() as client, open(corpus["lying_duration"], "rb") as fh:
+        r = client.post("/v1/audio/transcriptions", files={"file": ("lying.mkv", fh)}, data={"model": "whisper-1"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_long", r.text
 
 
 # -- disk space while an upload streams ------------------------------------------------
