@@ -140,3 +140,60 @@ def lying_mkv(dest: Path, *, seconds: float, claimed_s: float) -> Path:
     data[at + 3 : at + 11] = struct.pack(">d", claimed_s * 1000)
     dest.write_bytes(bytes(data))
     return dest
+
+
+_CONTAINER_BOXES = {b"moov", b"trak", b"mdia", b"minf", b"dinf"}
+
+
+def _alias_dref_entry(path: str, nlvl_from: int, nlvl_to: int) -> bytes:
+    """A QuickTime ``alis`` data reference: the track's samples live in the file at ``path``."""
+    name = path.rsplit("/", 1)[-1].encode()[:63]
+    record = b"\0" * 10  # creator, record size, version, alias kind
+    record += bytes([4]) + b"disk".ljust(27, b"\0")  # volume name
+    record += b"\0" * 12  # created, fs type, disk type, parent dir id
+    record += bytes([len(name)]) + name.ljust(63, b"\0")  # file name
+    record += b"\0" * 16  # file id, created, file type, creator
+    record += struct.pack(">hh", nlvl_from, nlvl_to)
+    record += b"\0" * 16  # volume attributes, fs id, reserved
+    abs_path = path.encode()
+    record += struct.pack(">hH", 2, len(abs_path)) + abs_path + (b"\0" if len(abs_path) % 2 else b"")  # type 2: absolute path
+    record += struct.pack(">hH", -1, 0)  # end of the alias record
+    body = b"alis" + b"\0\0\0\0" + record  # type, version and flags (0: not self-contained)
+    return struct.pack(">I", 4 + len(body)) + body
+
+
+def _rebuild(data: bytes, new_dref: bytes) -> bytes:
+    out = bytearray()
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, at)
+        body = data[at + 8 : at + size]
+        if kind in _CONTAINER_BOXES:
+            body = _rebuild(body, new_dref)
+        elif kind == b"dref":
+            body = b"\0\0\0\0" + struct.pack(">I", 1) + new_dref  # version/flags, one entry
+        out += struct.pack(">I", 8 + len(body)) + kind + body
+        at += size
+    return bytes(out)
+
+
+def external_data_mp4(src: Path, dest: Path, *, target: str, nlvl_from: int, nlvl_to: int) -> Path:
+    """``src`` (an AAC .m4a with its moov at the end) rewritten so that its track's
+    samples are in another file, ``target`` as a Mac alias (``nlvl_*``: how many
+    folders up from this file and down to the target). Its own sample bytes are
+    zeroed, so only the target could give them sound; the offsets match a target
+    that is a copy of ``src``."""
+    data = src.read_bytes()
+    out = bytearray()
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, at)
+        box = data[at : at + size]
+        if kind == b"mdat":
+            box = box[:8] + b"\0" * (size - 8)
+        elif kind == b"moov":
+            box = _rebuild(box, _alias_dref_entry(target, nlvl_from, nlvl_to))
+        out += box
+        at += size
+    dest.write_bytes(bytes(out))
+    return dest

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_done
-from tests.hostile import Hostile, OpenWatch, lying_mkv, make_hostile
+from tests.hostile import SECRET_WORDS, Hostile, OpenWatch, external_data_mp4, lying_mkv, make_hostile
 from tests.media import make_video_with_speech, speak
 
 
@@ -229,6 +229,27 @@ def test_playlists_scripts_and_patterns_are_refused_unread(server: LiveServer, h
         assert "Upload an audio or video file" in error["message"] and "/" not in error["message"]
         assert watch.opened() == [], "a hostile upload made the server open the file it names"
         assert_nothing_left(server, client)
+
+
+def test_an_mp4_whose_samples_live_in_another_file_never_reads_it(server: LiveServer, tmp_path: Path) -> None:
+    # MP4 is on the list, and a QuickTime data reference can point a track at
+    # another file: here, up from data/jobs/<id>/ to a file in the data dir. It
+    # stays closed (enable_drefs is off); the upload's own samples are zeros.
+    secret = speak(SECRET_WORDS, tmp_path / "said.wav")
+    m4a = tmp_path / "secret.m4a"
+    ffmpeg("-i", str(secret), "-c:a", "aac", "-movflags", "-faststart", str(m4a))
+    target = Path(server.cfg.storage.data_dir) / "secret.m4a"
+    target.write_bytes(m4a.read_bytes())
+    hostile = external_data_mp4(m4a, tmp_path / "external.m4a", target="/srv/secret.m4a", nlvl_from=3, nlvl_to=1)
+    with OpenWatch(target) as watch, server.client() as client:
+        r = upload(client, hostile, name="talk.m4a")
+        assert r.status_code in (202, 415), r.text
+        if r.status_code == 202:
+            job = wait_done(client, r.json()["id"])
+            if job["status"] == "done":
+                text = client.get(f"/v1/jobs/{job['id']}/transcript", params={"format": "txt"}).text
+                assert "banana" not in text.lower()
+        assert watch.opened() == []
 
 
 def test_a_header_that_lies_about_the_duration_is_caught_while_decoding(server: LiveServer, corpus: dict[str, Path]) -> None:

@@ -19,7 +19,7 @@ from app.export import ExportOptions, render_export
 from app.ffmpeg import FfmpegError, FfmpegPool
 from app.media import MediaError, MediaInfo, check_media, parse_probe, read_headers
 from batching.types import Segment
-from tests.hostile import Hostile, OpenWatch, make_hostile
+from tests.hostile import Hostile, OpenWatch, external_data_mp4, make_hostile
 from tests.media import speak
 
 # The cases libavformat would otherwise follow to the targets (seen with inotify
@@ -124,6 +124,32 @@ async def test_exports_refuse(hostile: Hostile, tmp_path: Path, mode: str) -> No
             )  # fmt: skip
         assert watch.opened() == []
     assert not dest.exists()
+
+
+async def test_mp4_external_data_references_stay_closed(hostile: Hostile, tmp_path: Path) -> None:
+    # The crafted file works: ffmpeg with -enable_drefs 1 reads the target's audio.
+    # With the default every reader keeps it closed.
+    m4a = tmp_path / "up" / "own.m4a"
+    m4a.parent.mkdir()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(hostile.targets[1]), "-c:a", "aac", "-movflags", "-faststart", str(m4a)], check=True)  # fmt: skip
+    target = tmp_path / "secret" / "input.m4a"
+    target.parent.mkdir()
+    target.write_bytes(m4a.read_bytes())
+    hostile_m4a = external_data_mp4(m4a, tmp_path / "up" / "input.m4a", target="/x/secret/input.m4a", nlvl_from=2, nlvl_to=2)
+    with OpenWatch(target) as watch:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-enable_drefs", "1", "-i", str(hostile_m4a), "-f", "null", "-"], check=True)  # fmt: skip
+        assert watch.opened() == [str(target)]
+    pool = FfmpegPool()
+    with OpenWatch(target) as watch:
+        try:
+            await pool.probe(hostile_m4a)
+        except MediaError:
+            pass
+        try:
+            await pool.extract_audio(hostile_m4a, tmp_path / "audio.pcm")
+        except FfmpegError:
+            pass
+        assert watch.opened() == []
 
 
 # -- every container on the list still opens -------------------------------------------
