@@ -91,8 +91,8 @@ class ExportManager:
         if limit is not None and held >= limit:
             raise ApiError(
                 429, "too_many_exports",
-                f"This key has {held} exports queued or rendering, its limit; wait until one is done "
-                "(export_done on the job's event stream) and try again.",
+                f"You have {held} exports queued or rendering, the most this server allows per key; wait until "
+                "one is done (export_done on the job's event stream) and try again.",
                 headers={"Retry-After": str(LIMIT_RETRY_AFTER_S)},
             )
 

