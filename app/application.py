@@ -68,6 +68,8 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             max_processes=cfg.ffmpeg.max_processes,
             timeout_s=cfg.ffmpeg.timeout_s,
             threads=cfg.ffmpeg.threads,
+            render_processes=cfg.ffmpeg.max_render_processes,
+            max_audio_s=cfg.storage.max_duration_s,
         )
         engine, multilingual, model_name = factory(cfg)
         t0 = time.monotonic()
@@ -89,6 +91,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             manager=manager, exports=exports, multilingual=multilingual, model_name=model_name, keys=keys,
         )
         manager.owner_cap = state.active_cap
+        exports.owner_limit = state.export_cap
         app.state.altyazi = state
         holder["state"] = state
         await openai_api.discard_orphans(store, files)  # before recover() would resume them

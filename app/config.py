@@ -53,6 +53,7 @@ class FfmpegConfig:
     max_processes: int = 2
     timeout_s: float = 3600.0
     threads: int = 0
+    max_render_processes: int = 0  # 0: all of max_processes but one (app/media/ffmpeg_slots.py)
     crf: int = 23
     preset: str = "veryfast"
 
@@ -72,6 +73,7 @@ class LimitsConfig:
     max_running_jobs: int = 64
     max_active_jobs_per_key: int = 4
     max_queued_jobs_per_key: int = 100
+    max_exports_per_key: int = 4  # queued + rendering, per key (the one anonymous owner too)
 
 
 @dataclass
@@ -115,6 +117,10 @@ class Config:
         _check(1 <= f.max_processes <= 256, "ffmpeg.max_processes", f.max_processes, "from 1 to 256")
         _check(f.timeout_s > 0, "ffmpeg.timeout_s", f.timeout_s, "> 0")
         _check(f.threads >= 0, "ffmpeg.threads", f.threads, ">= 0")
+        _check(
+            0 <= f.max_render_processes <= f.max_processes, "ffmpeg.max_render_processes", f.max_render_processes,
+            "from 0 (all but one of ffmpeg.max_processes) to ffmpeg.max_processes",
+        )
         _check(0 <= f.crf <= 51, "ffmpeg.crf", f.crf, "from 0 to 51")
         _check(st.max_upload_mb > 0, "storage.max_upload_mb", st.max_upload_mb, "> 0")
         _check(st.max_duration_s > 0, "storage.max_duration_s", st.max_duration_s, "> 0")
@@ -124,6 +130,7 @@ class Config:
         _check(1 <= lim.max_running_jobs <= 10_000, "limits.max_running_jobs", lim.max_running_jobs, "from 1 to 10000")
         _check(lim.max_active_jobs_per_key >= 1, "limits.max_active_jobs_per_key", lim.max_active_jobs_per_key, ">= 1")
         _check(lim.max_queued_jobs_per_key >= 1, "limits.max_queued_jobs_per_key", lim.max_queued_jobs_per_key, ">= 1")
+        _check(lim.max_exports_per_key >= 1, "limits.max_exports_per_key", lim.max_exports_per_key, ">= 1")
         au = self.auth
         _check(au.rate_limit_per_minute >= 0, "auth.rate_limit_per_minute", au.rate_limit_per_minute, ">= 0 (0 = unlimited)")
         _check(au.rate_limit_burst >= 1, "auth.rate_limit_burst", au.rate_limit_burst, ">= 1")

@@ -29,6 +29,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     add.add_argument("--max-active-jobs", type=int, default=None, help="running jobs at once (default: limits.max_active_jobs_per_key)")
     add.add_argument("--max-queued-jobs", type=int, default=None, help="waiting jobs (default: limits.max_queued_jobs_per_key)")
     add.add_argument("--max-upload-mb", type=float, default=None, help="largest upload (default and ceiling: storage.max_upload_mb)")
+    add.add_argument("--max-exports", type=int, default=None, help="exports queued or rendering at once (default: limits.max_exports_per_key)")
     add.add_argument("--rate-per-minute", type=float, default=None, help="requests a minute, 0 = unlimited (default: auth.rate_limit_per_minute)")
     lst = actions.add_parser("list", help="show the keys (names, ids, limits; never the keys)")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
@@ -70,6 +71,7 @@ def _run(args: argparse.Namespace, cfg: Config, path: Path, keys: list[ApiKey]) 
                 max_queued_jobs=args.max_queued_jobs,
                 max_upload_mb=args.max_upload_mb,
                 rate_per_minute=args.rate_per_minute,
+                max_exports=args.max_exports,
             )
         except ValueError as exc:
             print(f"altyazi: {exc}", file=sys.stderr)
@@ -98,6 +100,7 @@ def _run(args: argparse.Namespace, cfg: Config, path: Path, keys: list[ApiKey]) 
                     ("max_queued_jobs", k.max_queued_jobs),
                     ("max_upload_mb", k.max_upload_mb),
                     ("rate_per_minute", k.rate_per_minute),
+                    ("max_exports", k.max_exports),
                 )
                 if value is not None
             )

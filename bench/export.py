@@ -52,7 +52,7 @@ def segments(seconds: float) -> list[Segment]:
 
 
 async def run_pool(pool_size: int, clip: Path, info: MediaInfo, segs: list[Segment], jobs: int, folder: Path) -> float:
-    pool = FfmpegPool(max_processes=pool_size)
+    pool = FfmpegPool(max_processes=pool_size, render_processes=pool_size)  # every slot may render: only renders run here
     opts = ExportOptions("burn")
     started = time.perf_counter()
     await asyncio.gather(
@@ -149,7 +149,7 @@ async def main() -> None:
         speeds: dict[str, float] = {}
         if a.transcribe_windows and TINY_EN.exists():
             speeds["alone"], _ = await transcription_speed(folder, a.transcribe_windows, None)
-            pool = FfmpegPool(max_processes=a.transcribe_pool)
+            pool = FfmpegPool(max_processes=a.transcribe_pool, render_processes=a.transcribe_pool)
             opts = ExportOptions("burn")
             renders = [
                 render_export(pool, source=clip, media=info, segments=segs, options=opts, language="en",

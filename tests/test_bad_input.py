@@ -6,8 +6,10 @@ cut from one, at the start of the module.
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
+import wave
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import FinishedRequests, LiveServer, wait_done
+from tests.hostile import SECRET_WORDS, Hostile, OpenWatch, external_data_mp4, lying_mkv, make_hostile
 from tests.media import make_video_with_speech, speak
 
 
@@ -49,9 +52,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         data = src.read_bytes()
         files[f"truncated_{name}"] = d / f"truncated.{name}"
         files[f"truncated_{name}"].write_bytes(data[: len(data) * 3 // 10])
+    # 60 s of audio whose Matroska header says 3 s: under the test server's 20 s limit.
+    files["lying_duration"] = lying_mkv(d / "lying.mkv", seconds=60, claimed_s=3)
     files["long"] = d / "long.wav"
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "30", str(files["long"]))
     return files
+
+
+def assert_nothing_left(server: LiveServer, client: httpx.Client) -> None:
+    """A refused upload leaves no job, no job folder, and a healthy server."""
+    assert client.get("/v1/jobs").json()["jobs"] == []
+    assert client.get("/healthz").status_code == 200
+    root = server.state.files.root
+    assert not root.exists() or list(root.iterdir()) == []
 
 
 def upload(client: httpx.Client, path: Path, name: str | None = None, **data: Any) -> httpx.Response:
@@ -175,10 +188,7 @@ def test_upload_cut_off_mid_body(server: LiveServer, corpus: dict[str, Path], fi
     finished_requests.wait_for("POST", "/v1/jobs")  # the server has cleaned up after the cut
     assert server.state.uploads_in_flight == 0
     with server.client() as client:
-        assert client.get("/v1/jobs").json()["jobs"] == []
-        assert client.get("/healthz").status_code == 200
-    root = server.state.files.root
-    assert not root.exists() or list(root.iterdir()) == []
+        assert_nothing_left(server, client)
 
 
 def test_unknown_and_bad_options(server: LiveServer, corpus: dict[str, Path]) -> None:
@@ -192,3 +202,135 @@ def test_unknown_and_bad_options(server: LiveServer, corpus: dict[str, Path]) ->
         assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_option"
         assert client.get("/v1/jobs/does-not-exist").status_code == 404
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+    return make_hostile(tmp_path_factory.mktemp("hostile"))
+
+
+HOSTILE = ["hls_m3u8", "hls_as_mp4", "hls_file_urls", "hls_passwd", "ffconcat", "sdp", "dash_mpd", "vobsub_idx",
+           "image2_pattern", "image2_glob"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_playlists_scripts_and_patterns_are_refused_unread(server: LiveServer, hostile: Hostile, case: str) -> None:
+    # Each names files on the server (another job's input.ts, a passwd file); before
+    # the demuxer whitelist an HLS or DASH one was accepted and transcribed them.
+    path, name = hostile.files[case]
+    with OpenWatch(*hostile.targets) as watch, server.client() as client:
+        r = upload(client, path, name=name)
+        assert r.status_code == 415, r.text
+        error = r.json()["error"]
+        assert error["code"] == "not_media", error
+        assert "Upload an audio or video file" in error["message"] and "/" not in error["message"]
+        assert watch.opened() == [], "a hostile upload made the server open the file it names"
+        assert_nothing_left(server, client)
+
+
+def test_an_mp4_whose_samples_live_in_another_file_never_reads_it(server: LiveServer, tmp_path: Path) -> None:
+    # MP4 is on the list, and a QuickTime data reference can point a track at
+    # another file: here, up from data/jobs/<id>/ to a file in the data dir. It
+    # stays closed (enable_drefs is off); the upload's own samples are zeros.
+    secret = speak(SECRET_WORDS, tmp_path / "said.wav")
+    m4a = tmp_path / "secret.m4a"
+    ffmpeg("-i", str(secret), "-c:a", "aac", "-movflags", "-faststart", str(m4a))
+    target = Path(server.cfg.storage.data_dir) / "secret.m4a"
+    target.write_bytes(m4a.read_bytes())
+    hostile = external_data_mp4(m4a, tmp_path / "external.m4a", target="/srv/secret.m4a", nlvl_from=3, nlvl_to=1)
+    with OpenWatch(target) as watch, server.client() as client:
+        r = upload(client, hostile, name="talk.m4a")
+        assert r.status_code in (202, 415), r.text
+        if r.status_code == 202:
+            job = wait_done(client, r.json()["id"])
+            if job["status"] == "done":
+                text = client.get(f"/v1/jobs/{job['id']}/transcript", params={"format": "txt"}).text
+                assert "banana" not in text.lower()
+        assert watch.opened() == []
+
+
+def test_a_header_that_lies_about_the_duration_is_caught_while_decoding(server: LiveServer, corpus: dict[str, Path]) -> None:
+    # Accepted on the header's word (3 s of a 20 s limit); before the limit was
+    # enforced on the decoded audio all 60 s were transcribed.
+    with server.client() as client:
+        r = upload(client, corpus["lying_duration"])
+        assert r.status_code == 202, r.text
+        assert r.json()["duration_s"] == pytest.approx(3, abs=0.1)
+        job = wait_done(client, r.json()["id"])
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "too_long"
+        assert "20 s" in job["error"]["message"] and "3 s" in job["error"]["message"]
+        assert client.get(f"/v1/jobs/{job['id']}/transcript").status_code == 409
+    assert not server.state.files.audio_path(job["id"]).exists()
+    with server.client() as client, open(corpus["lying_duration"], "rb") as fh:
+        r = client.post("/v1/audio/transcriptions", files={"file": ("lying.mkv", fh)}, data={"model": "whisper-1"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_long", r.text
+
+
+# -- disk space while an upload streams ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 MB of silence as a real WAV (12.5 min at 16 kHz): bigger than the 8 MB between free-space checks."""
+    path = tmp_path_factory.mktemp("big") / "big.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0" * (24 << 20))
+    return path
+
+
+def test_free_space_is_checked_while_a_chunked_upload_streams(
+    make_server: Callable[..., LiveServer], big_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A chunked body declares no size, so the check before the body passes; before
+    # the checks while streaming, it filled the disk past storage.min_free_mb.
+    server = make_server(**{"storage.max_upload_mb": 64})
+    checks: list[Path] = []
+
+    def disk_nearly_full(path: Path) -> int:
+        checks.append(path)
+        return 512 * 1024  # below the test server's floor of 1 MB
+
+    monkeypatch.setattr("app.api.uploads.free_bytes", disk_nearly_full, raising=False)
+    with server.client() as client:
+        r = client.post("/v1/jobs", params={"filename": "big.wav"}, content=_chunks(big_wav))
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "insufficient_storage" and int(r.headers["retry-after"]) >= 1
+        assert checks, "free space was never checked while streaming"
+        assert_nothing_left(server, client)
+
+
+class _FillingFile:
+    """A file on a disk that is full after ``room`` bytes: writes past it fail with ENOSPC."""
+
+    def __init__(self, path: Any, mode: str, room: int) -> None:
+        self._fh = open(path, mode)  # noqa: SIM115 - closed by the sink
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def test_a_disk_that_fills_during_an_upload_is_507(
+    make_server: Callable[..., LiveServer], big_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the OSError escaped as a 500 and the partial file stayed behind.
+    server = make_server(**{"storage.max_upload_mb": 64})
+    monkeypatch.setattr("app.api.uploads.open", lambda path, mode: _FillingFile(path, mode, 5 << 20), raising=False)
+    with server.client() as client:
+        r = upload(client, big_wav)
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "insufficient_storage"
+        assert_nothing_left(server, client)
+    monkeypatch.undo()
+    with server.client() as client:  # the disk has room again: the same upload goes through
+        assert upload(client, big_wav).status_code == 202

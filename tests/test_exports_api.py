@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +15,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.conftest import LiveServer, wait_done, wait_export
+from tests.conftest import REPO, LiveServer, add_keys, bearer, wait_done, wait_export
 from tests.media import make_video_with_speech, speak
 
 
@@ -138,3 +141,77 @@ def test_cancel_export_leaves_no_file(make_server: Callable[..., LiveServer], tm
         exports_dir = live.state.files.job_dir(job_id) / "exports"
         assert not exports_dir.exists() or list(exports_dir.iterdir()) == []
         assert live.state.pool.busy == 0
+
+
+# -- per-key export limits ----------------------------------------------------------
+
+
+def hold_renders(live: LiveServer) -> None:
+    """Take the server's render slot, so every export stays queued until let_renders_go."""
+    live.call(live.state.pool._slots.acquire("render", "test"))
+
+
+def let_renders_go(live: LiveServer) -> None:
+    live.extra["loop"].call_soon_threadsafe(live.state.pool._slots.release, "render")
+
+
+def post_exports_at_once(live: LiveServer, key: str, job_id: str, n: int) -> list[httpx.Response]:
+    async def burst() -> list[httpx.Response]:
+        async with live.aclient(headers=bearer(key)) as client:
+            return list(await asyncio.gather(*(client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "soft"}) for _ in range(n))))
+
+    return asyncio.run(burst())
+
+
+def test_exports_per_key_limit(make_server: Callable[..., LiveServer], clip: Path, tmp_path: Path) -> None:
+    # Before the limit one key queued 25 burn exports and held up everybody's ffmpeg.
+    data = tmp_path / "data"
+    keys = add_keys(data, "alice", max_exports=2)
+    keys.update(add_keys(data, "bob"))
+    live = make_server(data_dir=data, **{"auth.enabled": True, "auth.rate_limit_per_minute": 0, "limits.max_exports_per_key": 3})
+    with live.client(headers=bearer(keys["alice"])) as alice, live.client(headers=bearer(keys["bob"])) as bob:
+        a_job, b_job = new_done_job(alice, clip), new_done_job(bob, clip)
+        hold_renders(live)
+        # Six at once: the place is taken before the request's first await, so exactly two pass.
+        answers = post_exports_at_once(live, keys["alice"], a_job, 6)
+        assert sorted(r.status_code for r in answers) == [202, 202, 429, 429, 429, 429]
+        refused = next(r for r in answers if r.status_code == 429)
+        assert refused.json()["error"]["code"] == "too_many_exports"
+        assert "most this server allows" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
+        # Bob has the server's default (3), whatever Alice holds.
+        assert [r.status_code for r in post_exports_at_once(live, keys["bob"], b_job, 4)].count(202) == 3
+        let_renders_go(live)
+        for r in answers:
+            if r.status_code == 202:
+                assert wait_export(alice, a_job, r.json()["id"])["status"] == "done"
+        # Finished exports no longer count.
+        r = alice.post(f"/v1/jobs/{a_job}/exports", json={"mode": "soft"})
+        assert r.status_code == 202, r.text
+        wait_export(alice, a_job, r.json()["id"])
+
+
+def test_export_limit_applies_with_keys_off(make_server: Callable[..., LiveServer], clip: Path) -> None:
+    live = make_server(**{"limits.max_exports_per_key": 1})
+    with live.client() as client:
+        job_id = new_done_job(client, clip)
+        hold_renders(live)
+        first = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "soft"})
+        second = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "soft"})
+        assert (first.status_code, second.status_code) == (202, 429)
+        let_renders_go(live)
+        assert wait_export(client, job_id, first.json()["id"])["status"] == "done"
+
+
+def test_keys_add_takes_an_export_limit(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALTYAZI_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app", "keys", "--data-dir", str(tmp_path), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+
+    assert cli("add", "carol", "--max-exports", "3").returncode == 0
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed[0]["max_exports"] == 3
+    assert "max_exports=3" in cli("list").stdout
+    bad = cli("add", "dave", "--max-exports", "0")
+    assert bad.returncode == 2 and "--max-exports must be >= 1" in bad.stderr

@@ -9,12 +9,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
-from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout, fraction_reporter, out_time_s
+from app.media.demuxers import FORMAT_WHITELIST
+from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout, TooLong, fraction_reporter, out_time_s
 from tests.test_probe import AUDIO_FORMATS, CLIP_SECONDS, make_media, pytestmark  # noqa: F401
 
-SLOW = ["-re", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "30", "-f", "null", "-"]
+# lavfi is no upload demuxer: tests that generate input in ffmpeg name it for that input.
+LAVFI = ["-format_whitelist", "lavfi", "-f", "lavfi"]
+SLOW = ["-re", *LAVFI, "-i", "anullsrc=r=8000:cl=mono", "-t", "30", "-f", "null", "-"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,8 @@ def stalled_wav(tmp_path: Path) -> Iterator[Path]:
 def test_threads_are_passed_to_decoders_filters_and_encoder() -> None:
     argv = FfmpegPool(threads=3)._ffmpeg_argv(["-i", "a", "-i", "b", "-c:v", "libx264", "out.mp4"])
     assert argv[:9] == ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-progress", "pipe:1", "-nostats"]
-    assert argv[9:] == ["-filter_threads", "3", "-threads", "3", "-i", "a", "-threads", "3", "-i", "b", "-c:v", "libx264", "-threads", "3", "out.mp4"]  # fmt: skip
+    wl = ["-format_whitelist", FORMAT_WHITELIST, "-protocol_whitelist", "file"]
+    assert argv[9:] == ["-filter_threads", "3", *wl, "-threads", "3", "-i", "a", *wl, "-threads", "3", "-i", "b", "-c:v", "libx264", "-threads", "3", "out.mp4"]  # fmt: skip
     assert "-threads" not in FfmpegPool(threads=0)._ffmpeg_argv(["-i", "a", "out.mp4"])
 
 
@@ -95,7 +100,7 @@ def test_progress_parsing() -> None:
 
 async def test_run_reports_progress_blocks() -> None:
     blocks: list[dict[str, str]] = []
-    result = await FfmpegPool().run(["-f", "lavfi", "-i", "sine=d=2", "-f", "null", "-"], on_progress=blocks.append)
+    result = await FfmpegPool().run([*LAVFI, "-i", "sine=d=2", "-f", "null", "-"], on_progress=blocks.append)
     assert result.returncode == 0 and result.elapsed_s > 0
     assert blocks[-1]["progress"] == "end"
     assert out_time_s(blocks[-1]) == pytest.approx(2.0, abs=0.05)
@@ -110,7 +115,7 @@ async def test_failure_has_a_readable_message(tmp_path: Path) -> None:
 
 async def test_enospc_is_disk_full() -> None:
     with pytest.raises(DiskFull) as err:
-        await FfmpegPool().run(["-f", "lavfi", "-i", "sine=d=5", "-f", "s16le", "file:/dev/full"])
+        await FfmpegPool().run([*LAVFI, "-i", "sine=d=5", "-f", "s16le", "file:/dev/full"])
     assert err.value.code == "disk_full"
 
 
@@ -133,7 +138,7 @@ async def test_pool_bounds_concurrent_runs() -> None:
 
         return on_block
 
-    args = ["-re", "-f", "lavfi", "-i", "anullsrc=r=8000", "-t", "0.6", "-f", "null", "-"]
+    args = ["-re", *LAVFI, "-i", "anullsrc=r=8000", "-t", "0.6", "-f", "null", "-"]
     await asyncio.gather(pool.run(args, on_progress=watcher("a")), pool.run(args, on_progress=watcher("b")))
     first, second = sorted(spans.values(), key=min)
     assert max(first) < min(second), "the second run started before the first ended"
@@ -220,3 +225,35 @@ async def test_extract_audio_cancel_removes_partial(stalled_wav: Path, tmp_path:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert list(out.iterdir()) == [] and children() == []
+
+
+async def test_extraction_stops_at_the_duration_limit(tmp_path: Path) -> None:
+    from tests.hostile import lying_mkv
+
+    src = lying_mkv(tmp_path / "lying.mkv", seconds=60, claimed_s=3)
+    pool = FfmpegPool(max_audio_s=5)
+    info = await pool.probe(src)
+    assert info.duration_s == pytest.approx(3, abs=0.1)  # the header's word
+    with pytest.raises(TooLong) as caught:
+        await pool.extract_audio(src, tmp_path / "audio.pcm", duration_s=info.duration_s)
+    assert caught.value.code == "too_long"
+    assert "5 s" in caught.value.message and "3 s" in caught.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lying.mkv"]  # nothing partial left
+
+
+async def test_extraction_within_the_limit_is_whole(media: dict[str, Path], tmp_path: Path) -> None:
+    # An honest file just at the limit passes: headers and decoders differ by frames, not seconds.
+    pool = FfmpegPool(max_audio_s=CLIP_SECONDS)
+    await pool.extract_audio(media["speech.wav"], tmp_path / "a.pcm")
+    assert (tmp_path / "a.pcm").stat().st_size / 32000 == pytest.approx(CLIP_SECONDS, abs=0.1)
+
+
+async def test_measuring_stops_at_the_duration_limit(tmp_path: Path) -> None:
+    # A file with no duration in its headers is measured by decoding it; past the
+    # limit there is nothing more to learn, so decoding stops there.
+    src = tmp_path / "stream.mka"
+    made = await anyio.run_process(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "sine=d=120:sample_rate=16000", "-c:a", "libopus",
+                                    "-f", "matroska", "-live", "1", "pipe:1"])  # fmt: skip
+    src.write_bytes(made.stdout)
+    info = await FfmpegPool(max_audio_s=10).probe(src)
+    assert info.duration_s == pytest.approx(11, abs=0.2)  # the limit plus the slack, not 120 s

@@ -3,7 +3,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
+from typing import Callable
 
+import pysubs2
 import pytest
 
 from app.media.formats import (
@@ -19,6 +22,8 @@ from app.media.formats import (
     validate_segments,
 )
 from batching.types import Segment, Word
+from tests.conftest import LiveServer, wait_done
+from tests.media import speak
 from tests.wer import normalize, wer
 
 # --- strict parsers for our own output ---------------------------------------
@@ -313,3 +318,53 @@ def test_wer():
     assert wer("one", "two three four") == 3.0
     assert wer("", "") == 0.0
     assert wer("", "extra words") == 2.0
+
+
+# --- markup typed into an edit ------------------------------------------------------
+
+WJ = "\u2060"
+MARKUP = '{\\an8}<font color="red">Stop</font> {\\i1}now{\\i0} & <b>go</b> {aside} 3 < 4 a\\Nb'
+AS_TYPED = '<font color="red">Stop</font> now & <b>go</b> {aside} 3 < 4 a\\Nb'  # override blocks dropped
+
+
+def test_srt_shows_tags_as_typed_and_drops_override_blocks():
+    srt = to_srt([seg(0, 1, MARKUP)])
+    assert "an8" not in srt and "i1" not in srt
+    assert parse_srt(srt)[0][2].replace(WJ, "") == AS_TYPED
+    # Read as a player reads SRT: HTML-like tags would become styling ({\b1}, {\c...}).
+    event = pysubs2.SSAFile.from_string(srt, format_="srt")[0]
+    assert "{\\" not in event.text and event.text.replace(WJ, "") == AS_TYPED
+
+
+def test_vtt_escapes_and_drops_override_blocks():
+    cue = parse_vtt(to_vtt([seg(0, 1, MARKUP)]))[0][2]
+    assert cue == '&lt;font color="red"&gt;Stop&lt;/font&gt; now &amp; &lt;b&gt;go&lt;/b&gt; {aside} 3 &lt; 4 a\\Nb'
+
+
+def test_txt_is_plain_text_without_override_blocks():
+    assert to_txt([seg(0, 1, MARKUP)]) == AS_TYPED + "\n"
+    assert to_txt([seg(0, 1, "{\\an8}"), seg(1, 2, "kept")]) == "kept\n"  # a cue of codes only is empty
+
+
+def test_json_keeps_the_text_as_stored():
+    out = json.loads(to_json([seg(0, 1, MARKUP)]))
+    assert out["segments"][0]["text"] == MARKUP and out["text"] == AS_TYPED
+
+
+def test_edited_markup_on_a_live_server(make_server: Callable[..., LiveServer], tmp_path: Path) -> None:
+    # Before: SRT and TXT passed {\an8} and <font> from an edit straight through.
+    live = make_server()
+    wav = speak("markup in an edit", tmp_path / "edit.wav")
+    with live.client() as client:
+        job_id = client.post("/v1/jobs", files={"file": ("edit.wav", wav.read_bytes())}).json()["id"]
+        assert wait_done(client, job_id)["status"] == "done"
+        r = client.put(f"/v1/jobs/{job_id}/transcript", json={"segments": [{"start": 0.0, "end": 1.0, "text": MARKUP}]})
+        assert r.status_code == 200, r.text
+
+        def get(fmt: str) -> str:
+            return client.get(f"/v1/jobs/{job_id}/transcript", params={"format": fmt}).text
+
+        srt, vtt, txt = get("srt"), get("vtt"), get("txt")
+        assert "{\\" not in srt + vtt + txt
+        assert "<\u2060font" in srt and "&lt;font" in vtt and txt == AS_TYPED + "\n"
+        assert json.loads(get("json"))["segments"][0]["text"] == MARKUP

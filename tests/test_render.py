@@ -158,11 +158,15 @@ def test_build_ass_scales_to_1080_lines() -> None:
 
 
 def test_user_text_is_never_markup() -> None:
-    seg = [Segment(0, 1, "{\\an8} <b>x</b> a\\Nb & c")]
+    # Override blocks are dropped (as in every rendering, app.media.formats); the rest shows as typed.
+    seg = [Segment(0, 1, "{\\an8} <b>x</b> {note} a\\Nb & c")]
     ass = pysubs2.SSAFile.from_string(build_ass(seg, ExportStyle(), width=640, height=360))
-    assert ass.events[0].text == "\\{\\\u2060an8\\} <b>x</b> a\\\u2060Nb & c"
-    assert "&lt;b&gt;x&lt;/b&gt; a\\Nb &amp; c" in build_text_subs(seg, "vtt", 42)
-    assert "<\u2060b>" in build_text_subs(seg, "srt", 42)
+    assert ass.events[0].text == "<b>x</b> \\{note\\} a\\\u2060Nb & c"
+    assert "&lt;b&gt;x&lt;/b&gt; {note} a\\Nb &amp; c" in build_text_subs(seg, "vtt", 42)
+    srt = build_text_subs(seg, "srt", 42)
+    assert "<\u2060b>" in srt and "{\u2060note}" in srt and "an8" not in srt
+    only_codes = [Segment(0, 1, "{\\an8}{\\i1}")]
+    assert build_text_subs(only_codes, "srt", 42) == ""  # no cue left to show
 
 
 def test_escape_filter_path() -> None:

@@ -73,6 +73,7 @@ class ApiKey:
     max_queued_jobs: int | None = None
     max_upload_mb: float | None = None
     rate_per_minute: float | None = None
+    max_exports: int | None = None
 
     def public(self) -> dict[str, Any]:
         """What `keys list` shows: everything but the salt and hash."""
@@ -116,13 +117,14 @@ def new_key(
     max_queued_jobs: int | None = None,
     max_upload_mb: float | None = None,
     rate_per_minute: float | None = None,
+    max_exports: int | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key record and the key itself; the key is never stored, only its hash."""
     if not NAME_RE.match(name):
         raise ValueError(f"key name {name!r} is invalid: use 1-64 letters, digits, and _ . @ - (starting with a letter or digit)")
     if any(k.name == name for k in existing):
         raise ValueError(f"a key named {name!r} already exists; remove it first or pick another name")
-    for label, value in (("max-active-jobs", max_active_jobs), ("max-queued-jobs", max_queued_jobs)):
+    for label, value in (("max-active-jobs", max_active_jobs), ("max-queued-jobs", max_queued_jobs), ("max-exports", max_exports)):
         if value is not None and value < 1:
             raise ValueError(f"--{label} must be >= 1, got {value}")
     if max_upload_mb is not None and max_upload_mb <= 0:
@@ -147,6 +149,7 @@ def new_key(
         max_queued_jobs=max_queued_jobs,
         max_upload_mb=max_upload_mb,
         rate_per_minute=rate_per_minute,
+        max_exports=max_exports,
     )
     return record, f"{KEY_PREFIX}{key_id}.{secret}"
 

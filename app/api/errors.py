@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.media.probe import MediaError
-from app.pipeline.errors import InvalidRequest, NotReady, PipelineError
+from app.pipeline.errors import InvalidRequest, LimitReached, NotReady, PipelineError
 
 log = logging.getLogger("altyazi.http")
 
@@ -42,7 +42,7 @@ def not_found(what: str = "job") -> ApiError:
 
 
 # The one place where the lower layers' errors get HTTP statuses.
-_PIPELINE_STATUS: dict[type[PipelineError], int] = {InvalidRequest: 422, NotReady: 409}
+_PIPELINE_STATUS: dict[type[PipelineError], int] = {InvalidRequest: 422, NotReady: 409, LimitReached: 429}
 
 
 def as_api_error(exc: ApiError | PipelineError | MediaError) -> ApiError:
@@ -52,7 +52,8 @@ def as_api_error(exc: ApiError | PipelineError | MediaError) -> ApiError:
     if isinstance(exc, MediaError):
         return ApiError(exc.status, exc.code, exc.message)
     status = next((s for cls, s in _PIPELINE_STATUS.items() if isinstance(exc, cls)), 400)
-    return ApiError(status, exc.code, exc.message, extra={"field": exc.field} if exc.field is not None else None)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, LimitReached) else None
+    return ApiError(status, exc.code, exc.message, headers=headers, extra={"field": exc.field} if exc.field is not None else None)
 
 
 def error_response(exc: ApiError) -> JSONResponse:

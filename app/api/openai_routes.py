@@ -56,7 +56,7 @@ IGNORED = frozenset({"chunking_strategy", "include[]", "include"})
 # JobOptions' field names as the OpenAI client knows them.
 PARAM_NAMES = {"initial_prompt": "prompt", "word_timestamps": "timestamp_granularities"}
 # A job that failed after the upload was accepted: most failures are the media's.
-FAILURE_STATUS = {"internal_error": 500, "input_missing": 500, "disk_full": 507}
+FAILURE_STATUS = {"internal_error": 500, "input_missing": 500, "disk_full": 507, "too_long": 413}
 STREAM_HEARTBEAT_S = 15.0
 
 

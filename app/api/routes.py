@@ -135,6 +135,7 @@ async def accept_upload(
             job_dir / "upload.partial",
             max_bytes=state.max_upload_bytes(owner),
             query_filename=query.get("filename"),
+            min_free_bytes=int(state.cfg.storage.min_free_mb * 1024 * 1024),
         )
         raw_options = {k: v for k, v in query.items() if k != "filename"}
         raw_options.update(upload.fields)

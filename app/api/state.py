@@ -98,6 +98,13 @@ class AppState:
             return None
         return key.max_active_jobs or self.cfg.limits.max_active_jobs_per_key
 
+    def export_cap(self, owner: str) -> int:
+        """How many exports the owner may have queued or rendering: the key's own, else the server's."""
+        key = self.key_of(owner)
+        if key is not None and key.max_exports:
+            return key.max_exports
+        return self.cfg.limits.max_exports_per_key
+
     def key_of(self, owner: str) -> ApiKey | None:
         return self.keys.get(owner) if self.keys is not None and self.cfg.auth.enabled else None
 

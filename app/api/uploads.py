@@ -3,11 +3,15 @@
 The body is never held in memory: parts are parsed as they stream in and the
 file's bytes are appended to a partial file in the job's folder, in ~1 MiB
 writes done in a worker thread. The size limit is enforced while streaming,
-and any failure removes the partial file.
+and so is the free-space floor: a chunked upload declares no size up front,
+so free space is checked again every ``FREE_CHECK_BYTES`` written, and a disk
+that fills anyway (ENOSPC) is a 507, not a 500. Any failure removes the
+partial file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +22,16 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.api.errors import ApiError
+from storage.files import free_bytes
 
 FLUSH_BYTES = 1 << 20
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024
+# A statvfs costs microseconds, but the floor (storage.min_free_mb, 1 GB by
+# default) is coarse: once per this many bytes is enough to stop an upload
+# well before it eats the space jobs need for their audio and exports.
+FREE_CHECK_BYTES = 8 << 20
 
 
 @dataclass
@@ -36,10 +45,12 @@ class ReceivedUpload:
 class _Sink:
     """A partial file filled in large writes off the event loop."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, min_free_bytes: int = 0) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
         self.size = 0
+        self._unchecked = 0  # bytes written since free space was last checked
         self._buffer = bytearray()
         self._fh = open(path, "wb")
 
@@ -56,16 +67,31 @@ class _Sink:
     async def flush(self) -> None:
         if self._buffer:
             chunk, self._buffer = bytes(self._buffer), bytearray()
-            await anyio.to_thread.run_sync(self._fh.write, chunk)
+            await anyio.to_thread.run_sync(self._write, chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        try:
+            self._fh.write(chunk)
+        except OSError as exc:
+            raise _disk_error(exc) from None
+        self._unchecked += len(chunk)
+        if self.min_free_bytes and self._unchecked >= FREE_CHECK_BYTES:
+            self._unchecked = 0
+            if free_bytes(self.path.parent) < self.min_free_bytes:
+                raise _LowDisk()
 
     async def close(self) -> None:
         await self.flush()
         await anyio.to_thread.run_sync(self._close_sync)
 
     def _close_sync(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            # Delayed allocation: a full disk may only show at flush or fsync.
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:
+            raise _disk_error(exc) from None
 
     def discard(self) -> None:
         if not self._fh.closed:
@@ -75,6 +101,23 @@ class _Sink:
 
 class _TooLarge(Exception):
     pass
+
+
+class _LowDisk(Exception):
+    """Free space fell below the floor (or ran out) while the body streamed in."""
+
+
+def _disk_error(exc: OSError) -> Exception:
+    return _LowDisk() if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc
+
+
+def insufficient_storage() -> ApiError:
+    return ApiError(
+        507, "insufficient_storage",
+        "The server ran low on disk space while receiving the upload, so it was dropped; "
+        "try again later or upload a smaller file.",
+        headers={"Retry-After": "60"},
+    )
 
 
 def too_large(max_bytes: int) -> ApiError:
@@ -92,17 +135,19 @@ async def receive_upload(
     max_bytes: int,
     query_filename: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    min_free_bytes: int = 0,
 ) -> ReceivedUpload:
     """Stream the request body into ``dest``; answer what arrived.
 
     Raises ApiError: 413 over the limit, 400 for a malformed or cut-off body or
-    a multipart body without a ``file`` field.
+    a multipart body without a ``file`` field, 507 when free space on ``dest``'s
+    disk falls below ``min_free_bytes`` or runs out while streaming.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MAX_HEADER_BYTES * 4:
         raise too_large(max_bytes)
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    sink = _Sink(dest, max_bytes)
+    sink = _Sink(dest, max_bytes, min_free_bytes)
     try:
         if content_type == b"multipart/form-data":
             boundary = params.get(b"boundary")
@@ -122,6 +167,9 @@ async def receive_upload(
     except _TooLarge:
         sink.discard()
         raise too_large(max_bytes) from None
+    except _LowDisk:
+        sink.discard()
+        raise insufficient_storage() from None
     except ClientDisconnect:
         sink.discard()
         raise ApiError(400, "upload_incomplete", "The upload was cut off before the body was complete; send it again.") from None

@@ -7,6 +7,10 @@ stderr pipe would otherwise stall ffmpeg forever), and on cancellation or timeou
 SIGTERM, a grace period, then SIGKILL, with the reap shielded so no zombie is left
 behind whatever the caller's task does next.
 
+Every input is opened with the demuxer and protocol whitelists of
+:mod:`app.media.demuxers`, and the slots are handed out by :mod:`app.media.ffmpeg_slots`:
+reading uploads before rendering exports, owners in turn.
+
 Every ffmpeg run gets ``-progress pipe:1``, even when nobody listens: the steady
 trickle of progress blocks means ffmpeg dies of SIGPIPE if the server itself dies,
 instead of running on as an orphan for an hour.
@@ -28,7 +32,9 @@ from typing import TypeVar
 
 import anyio
 
-from app.media.probe import MediaError, MediaInfo, not_media, parse_probe, read_headers
+from app.media.demuxers import refused_format, whitelist_args, with_whitelists
+from app.media.ffmpeg_slots import FairSlots, Kind
+from app.media.probe import MediaError, MediaInfo, not_allowed_format, not_media, parse_probe, read_headers, too_long_message
 
 log = logging.getLogger("altyazi.ffmpeg")
 
@@ -37,6 +43,10 @@ T = TypeVar("T")
 _STDERR_TAIL_BYTES = 8192
 _PROBE_TIMEOUT_S = 60.0
 _MEASURE_TIMEOUT_S = 600.0
+# Audio is decoded up to this far past storage.max_duration_s, and refused when
+# it runs more than half of it past: headers and decoders disagree by a few
+# frames on honest files, never by half a second.
+LIMIT_SLACK_S = 1.0
 
 
 class FfmpegError(Exception):
@@ -61,6 +71,13 @@ class FfmpegTimeout(FfmpegError):
 class DiskFull(FfmpegError):
     code = "disk_full"
     status = 507
+
+
+class TooLong(FfmpegError):
+    """The decoded audio runs past storage.max_duration_s, whatever the header said."""
+
+    code = "too_long"
+    status = 413
 
 
 @dataclass
@@ -156,21 +173,27 @@ class FfmpegPool:
         timeout_s: float = 3600,
         threads: int = 0,
         kill_grace_s: float = 3.0,
+        render_processes: int = 0,
+        max_audio_s: float | None = None,
     ) -> None:
+        """``render_processes``: most exports rendering at once (0: all slots but one).
+        ``max_audio_s``: longest audio that extraction and measuring decode (None: no limit)."""
         if max_processes < 1:
             raise ValueError(f"max_processes must be >= 1, got {max_processes!r}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads!r}")
+        if not 0 <= render_processes <= max_processes:
+            raise ValueError(f"render_processes must be from 0 to max_processes, got {render_processes!r}")
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
         self.max_processes = max_processes
         self.timeout_s = timeout_s
         self.threads = threads
         self.kill_grace_s = kill_grace_s
-        # anyio's limiter works on the asyncio loop too and is FIFO-fair.
-        self._limiter = anyio.CapacityLimiter(max_processes)
+        self.max_audio_s = max_audio_s
+        self._slots = FairSlots(max_processes, render_slots=render_processes or None)
         # ffprobe reads headers in milliseconds and answers an upload that is
         # waiting for its 202: it must not queue behind long exports, so it has
         # slots of its own.
@@ -180,16 +203,17 @@ class FfmpegPool:
     @property
     def busy(self) -> int:
         """Processes running now."""
-        return int(self._limiter.borrowed_tokens)
+        return self._slots.busy
 
     @property
     def waiting(self) -> int:
         """Callers queued for a process slot."""
-        return self._limiter.statistics().tasks_waiting
+        return self._slots.waiting
 
     # -- running ---------------------------------------------------------------
 
     def _ffmpeg_argv(self, args: list[str]) -> list[str]:
+        args = with_whitelists(args)
         head = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-progress", "pipe:1", "-nostats"]
         if self.threads <= 0 or "-threads" in args:
             return head + list(args)
@@ -211,8 +235,13 @@ class FfmpegPool:
         *,
         timeout_s: float | None = None,
         on_progress: Callable[[dict[str, str]], None] | None = None,
+        kind: Kind = "read",
+        owner: str = "",
     ) -> RunResult:
         """Run ``ffmpeg <args>`` in a pool slot; raise :class:`FfmpegError` unless it exits 0.
+
+        ``kind`` and ``owner`` place it in the queue: reads (extraction, measuring)
+        before renders, owners in turn (:mod:`app.media.ffmpeg_slots`).
 
         ``on_progress`` gets each ``-progress`` key=value block as a dict, on the loop.
         Cancelling the caller kills the process (TERM, grace, KILL) and re-raises.
@@ -230,7 +259,9 @@ class FfmpegPool:
                 if on_progress is not None:
                     on_progress(done)
 
-        result, _ = await self._exec(self._ffmpeg_argv(args), timeout_s=timeout_s, on_line=on_line, what="ffmpeg")
+        result, _ = await self._exec(
+            self._ffmpeg_argv(args), timeout_s=timeout_s, on_line=on_line, what="ffmpeg", kind=kind, owner=owner
+        )
         return result
 
     async def _exec(
@@ -241,15 +272,22 @@ class FfmpegPool:
         on_line: Callable[[bytes], None] | None,
         what: str,
         limiter: anyio.CapacityLimiter | None = None,
+        kind: Kind = "read",
+        owner: str = "",
     ) -> tuple[RunResult, bytes]:
         limit = self.timeout_s if timeout_s is None else timeout_s
-        slots = limiter or self._limiter
+        if limiter is None:
+            await self._slots.acquire(kind, owner)
+            try:
+                return await self._exec_in_slot(argv, limit, on_line, what)
+            finally:
+                self._slots.release(kind)
         borrower = object()  # one token per call, so one task may run several processes in turn
-        await slots.acquire_on_behalf_of(borrower)
+        await limiter.acquire_on_behalf_of(borrower)
         try:
             return await self._exec_in_slot(argv, limit, on_line, what)
         finally:
-            slots.release_on_behalf_of(borrower)
+            limiter.release_on_behalf_of(borrower)
 
     async def _exec_in_slot(
         self, argv: list[str], limit: float, on_line: Callable[[bytes], None] | None, what: str
@@ -378,7 +416,10 @@ class FfmpegPool:
                 if measured:
                     info = replace(info, duration_s=measured)
             return info
-        argv = [self.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json", "-show_format", "-show_streams", file_url(path)]
+        argv = [
+            self.ffprobe, "-v", "error", "-hide_banner", "-print_format", "json", "-show_format", "-show_streams",
+            *whitelist_args(), file_url(path),
+        ]  # fmt: skip
         try:
             _, out = await self._exec(
                 argv, timeout_s=min(self.timeout_s, _PROBE_TIMEOUT_S), on_line=None, what="ffprobe", limiter=self._probe_limiter
@@ -389,7 +430,8 @@ class FfmpegPool:
             if exc.code == "ffmpeg_missing":
                 raise
             log.info("ffprobe rejected %s: %s", path, _summarise(exc.stderr_tail))
-            raise not_media() from exc
+            refused = refused_format(exc.stderr_tail)
+            raise (not_allowed_format(refused) if refused else not_media()) from exc
         try:
             info = parse_probe(json.loads(out or b"{}"))
         except ValueError as exc:
@@ -410,9 +452,12 @@ class FfmpegPool:
             if pos is not None:
                 last.append(pos)
 
+        # Past the limit the length no longer matters: stop there instead of
+        # decoding hours of audio that will be refused anyway.
+        cap = ["-t", f"{self.max_audio_s + LIMIT_SLACK_S:g}"] if self.max_audio_s else []
         try:
             await self.run(
-                ["-i", file_url(path), "-map", "0:a:0", "-f", "null", "-"],
+                ["-i", file_url(path), "-map", "0:a:0", *cap, "-f", "null", "-"],
                 timeout_s=min(self.timeout_s, _MEASURE_TIMEOUT_S),
                 on_progress=on_block,
             )
@@ -433,18 +478,25 @@ class FfmpegPool:
 
         Written under a ``.part`` name and renamed, so ``dst_pcm`` is either complete
         or absent; the partial file is removed on any failure or cancellation.
+        With ``max_audio_s`` set, decoding stops just past that limit and
+        :class:`TooLong` is raised: a header may claim 3 s over hours of audio.
         """
         dst = Path(dst_pcm)
         tmp = dst.with_name(dst.name + ".part")
         args = [
             "-i", file_url(src),
             "-map", "0:a:0", "-vn", "-sn", "-dn",
-            "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "s16le",
-            file_url(tmp),
+            "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le",
         ]  # fmt: skip
+        if self.max_audio_s:
+            args += ["-t", f"{self.max_audio_s + LIMIT_SLACK_S:g}"]
+        args += ["-f", "s16le", file_url(tmp)]
         report = fraction_reporter(duration_s, on_progress) if on_progress is not None else None
         try:
             await self.run(args, on_progress=report)
+            decoded_s = tmp.stat().st_size / (2 * 16000)
+            if self.max_audio_s and decoded_s > self.max_audio_s + LIMIT_SLACK_S / 2:
+                raise TooLong(too_long_message(None, self.max_audio_s, claimed_s=duration_s))
             os.replace(tmp, dst)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -4,6 +4,14 @@ Rendering is pure: segments in, text out. Every renderer works from integer
 milliseconds, so rounding can never produce a ``,1000`` field, and from cleaned
 text, so a cue can never contain a blank line (which ends a cue in SRT and
 WebVTT) or a ``-->`` (which starts one).
+
+A transcript is plain text, never markup, in every rendering: ASS override
+blocks (``{\\an8}``) are dropped, SRT lines get an invisible word joiner after
+``<``, ``{`` and ``\\`` so players show ``<b>`` or ``<font>`` as typed, WebVTT
+escapes ``&``, ``<`` and ``>``, and TXT is otherwise the text as typed. The JSON keeps
+each segment's text exactly as stored. SRT and WebVTT come from one writer,
+:func:`to_subtitles`, for downloads and for exported subtitle tracks alike
+(``app.media.render`` wraps the lines; the burned-in ASS escapes its own way).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ __all__ = [
     "SegmentError",
     "render",
     "segment_to_dict",
+    "strip_overrides",
     "to_json",
     "to_srt",
     "to_subtitles",
@@ -68,13 +77,46 @@ def _cue_times(seg: Segment) -> tuple[int, int]:
     return start, end
 
 
+# ASS/SSA override blocks ("{\an8}", "{\c&H0000FF&}", "{\alpha&HFF&}"): styling
+# codes that text pasted from another subtitle file brings along, never words.
+# Obeyed, they move, recolour or hide a cue; shown, they are noise.
+_OVERRIDE = re.compile(r"\{\\[^{}]*\}")
+_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
+
+
+def strip_overrides(text: str) -> str:
+    """``text`` without ASS override blocks; other braces stay.
+
+    Repeated until nothing changes, so a block nested in another goes too and
+    stripping twice gives what stripping once did.
+    """
+    while True:
+        stripped = _OVERRIDE.sub("", text)
+        if stripped == text:
+            return text
+        text = stripped
+
+
+def _srt_escape(line: str) -> str:
+    # SRT has no escapes, but players and ffmpeg read <b>, <font>, {...} and \N as
+    # markup; a word joiner after "<", "{" and "\" keeps them from being read so.
+    # "→" cannot take part in a new "-->", so one replace pass is enough for that.
+    return line.replace("-->", "→").replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
+
+
+def _vtt_escape(line: str) -> str:
+    # Escaping ">" also removes every "-->".
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _lines(text: str) -> list[str]:
     """The non-empty, stripped lines of a segment's text."""
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _one_line(text: str) -> str:
-    return " ".join(" ".join(_lines(text)).split())
+    """A segment's text on one line for TXT and the full text, override blocks dropped."""
+    return " ".join(" ".join(_lines(strip_overrides(text))).split())
 
 
 # --- dict / JSON ------------------------------------------------------------
@@ -141,33 +183,20 @@ def to_json(
 # --- subtitle text formats ---------------------------------------------------
 
 
-_WJ = "\u2060"  # WORD JOINER: invisible, and breaks up what a parser would read as markup
-
-
-def _srt_escape(line: str) -> str:
-    # SRT has no escapes, but players and ffmpeg read <b>, {\an8} and \N as markup;
-    # "→" cannot take part in a new "-->", so one replace pass is enough for that.
-    return line.replace("-->", "→").replace("\\", "\\" + _WJ).replace("{", "{" + _WJ).replace("<", "<" + _WJ)
-
-
-def _vtt_escape(line: str) -> str:
-    # Escaping ">" also removes every "-->".
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def to_subtitles(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], *, lines: Callable[[str], list[str]] = _lines) -> str:
     """SRT or WebVTT: the one writer, for downloads and for exported subtitle tracks.
 
-    A transcript is plain text, never markup: whatever a person typed shows as
-    typed. ``lines`` cuts a segment's text into the cue's lines (exports wrap
-    them); a segment without text gets no cue, since an empty cue breaks the
-    numbering in strict players.
+    A transcript is plain text, never markup (the policy at the top of this
+    module): override blocks are dropped, SRT lines get a word joiner after
+    ``<``, ``{`` and ``\\``, WebVTT lines are escaped. ``lines`` cuts a segment's
+    text into the cue's lines (exports wrap them); a segment without text gets
+    no cue, since an empty cue breaks the numbering in strict players.
     """
     escape, sep = (_srt_escape, ",") if fmt == "srt" else (_vtt_escape, ".")
     parts = ["WEBVTT\n\n"] if fmt == "vtt" else []
     number = 0
     for seg in segments:
-        text = [escape(line) for line in lines(seg.text)]
+        text = [escape(line) for line in lines(strip_overrides(seg.text))]
         if not text:
             continue
         number += 1

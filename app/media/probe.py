@@ -9,8 +9,11 @@ module is pure and fast to test.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from app.media.demuxers import is_allowed, pyav_options
 
 
 class MediaError(Exception):
@@ -108,7 +111,10 @@ def read_headers(path: str) -> dict[str, Any]:
     """
     import av  # faster-whisper depends on PyAV, so it is always installed
 
-    with av.open(path, metadata_errors="ignore") as container:
+    # Only the allowed demuxers, only the file protocol (see app/media/demuxers.py):
+    # a playlist or script among the uploads must not open the files it names.
+    url = "file:" + os.path.abspath(path)
+    with av.open(url, container_options=pyav_options(), metadata_errors="ignore") as container:
         streams: list[dict[str, Any]] = []
         for stream in container.streams:
             ctx = stream.codec_context
@@ -143,18 +149,45 @@ def _format_duration(seconds: float) -> str:
     return f"{s} s"
 
 
+def too_long_message(duration_s: float | None, max_duration_s: float, *, claimed_s: float | None = None) -> str:
+    """Why a file is refused for its length; ``duration_s`` None: it was cut off past the limit while decoding."""
+    if duration_s is not None:
+        head = f"The file is {_format_duration(duration_s)} long"
+    else:
+        head = "The file's audio runs longer than the limit"
+        if claimed_s:
+            head += f" (its header claims {_format_duration(claimed_s)})"
+    return (
+        f"{head}; this server accepts at most {_format_duration(max_duration_s)}. "
+        "Cut it into shorter parts and upload them separately."
+    )
+
+
 def not_media(detail: str = "") -> MediaError:
     message = "The file is not audio or video that ffmpeg can read"
     message += f" ({detail})." if detail else "."
     return MediaError(415, "not_media", message + " Upload an audio or video file such as MP4, MKV, WebM, MP3, WAV, FLAC, OGG or M4A.")
 
 
+def not_allowed_format(format_name: str) -> MediaError:
+    """415 for a file whose format (demuxer name) is not on the allow-list."""
+    if format_name == "tty":  # libavformat's name for plain or ANSI text
+        return not_media("it is a text file")
+    if format_name in _IMAGE_FORMATS or format_name.endswith("_pipe"):
+        return not_media("it is a still image")
+    return not_media(
+        f"it is in the {format_name} format, which this server does not open: playlists, scripts and "
+        "other files that name further files or addresses are refused"
+    )
+
+
 def check_media(info: MediaInfo, *, max_duration_s: float) -> None:
     """Raise :class:`MediaError` unless the file has audio we can transcribe within the limits."""
     if info.is_image:
         raise not_media("it is a still image")
-    if info.format_name == "tty":  # ffprobe's name for plain or ANSI text
-        raise not_media("it is a text file")
+    if info.format_name and not is_allowed(info.format_name):
+        # The readers only open allowed demuxers; this holds should one ever be called without them.
+        raise not_allowed_format(info.format_name.split(",")[0])
     if not info.has_audio and not info.has_video:
         raise not_media("it has no audio or video stream")
     if not info.has_audio:
@@ -166,9 +199,4 @@ def check_media(info: MediaInfo, *, max_duration_s: float) -> None:
     if info.duration_s <= 0:
         raise MediaError(415, "empty_media", "The file has an audio track but it is empty (zero seconds long).")
     if info.duration_s > max_duration_s:
-        raise MediaError(
-            413,
-            "too_long",
-            f"The file is {_format_duration(info.duration_s)} long; this server accepts at most "
-            f"{_format_duration(max_duration_s)}. Cut it into shorter parts and upload them separately.",
-        )
+        raise MediaError(413, "too_long", too_long_message(info.duration_s, max_duration_s))

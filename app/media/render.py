@@ -19,14 +19,15 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import pysubs2
 
+from app.media.demuxers import whitelist_args
 from app.media.ffmpeg import FfmpegPool, file_url, fraction_reporter
-from app.media.formats import to_subtitles
+from app.media.formats import strip_overrides, to_subtitles
 from app.media.probe import MediaInfo
 from batching.types import Segment
 
@@ -238,7 +239,9 @@ def _play_res(width: int | None, height: int | None) -> tuple[int, int]:
 
 
 def _cues(segments: Sequence[Segment]) -> list[Segment]:
-    return sorted((s for s in segments if s.text.strip() and s.end > s.start), key=lambda s: (s.start, s.end))
+    # Override blocks ({\an8}) are dropped from every rendering (app.media.formats).
+    cues = (replace(s, text=strip_overrides(s.text)) for s in segments)
+    return sorted((s for s in cues if s.text.strip() and s.end > s.start), key=lambda s: (s.start, s.end))
 
 
 def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | None, height: int | None) -> str:
@@ -348,7 +351,9 @@ def _burn_args(media: MediaInfo, options: ExportOptions, ass_path: Path, source:
 
 
 def _soft_args(media: MediaInfo, options: ExportOptions, sub_path: Path, sub_format: str, sub_codec: str, language: str | None, source: Path, tmp: Path) -> list[str]:  # fmt: skip
-    args = ["-i", file_url(source), "-f", sub_format, "-i", file_url(sub_path)]
+    # The subtitle file is altyazi's own, read with its one demuxer; the upload gets
+    # the media whitelist from the pool (app.media.demuxers).
+    args = ["-i", file_url(source), *whitelist_args(sub_format), "-f", sub_format, "-i", file_url(sub_path)]
     if media.has_video:
         args += ["-map", "0:V:0"]  # V: a real picture, never mp3 cover art
     if media.has_audio:
@@ -381,8 +386,12 @@ async def render_export(
     work_dir: Path,
     dest: Path,
     on_progress: Callable[[float], None] | None = None,
+    owner: str = "",
 ) -> None:
     """Render ``source`` with ``segments`` to ``dest`` (complete or absent, never partial).
+
+    It waits in the pool as ``owner``'s render: behind every audio extraction,
+    in turn with other owners' renders.
 
     ``work_dir`` must belong to this export alone (the subtitle files in it have fixed
     names). Raises :class:`ExportOptionError` before starting ffmpeg for impossible
@@ -410,7 +419,7 @@ async def render_export(
             written.append(sub_path)
             args = _soft_args(media, options, sub_path, sub_format, sub_codec, language, source, tmp)
         report = fraction_reporter(media.duration_s, on_progress) if on_progress is not None else None
-        await pool.run(args, on_progress=report)
+        await pool.run(args, on_progress=report, kind="render", owner=owner)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

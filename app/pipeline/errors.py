@@ -24,3 +24,11 @@ class InvalidRequest(PipelineError):
 
 class NotReady(PipelineError):
     """The job is not yet in the state the operation needs (a transcript to export, say)."""
+
+
+class LimitReached(PipelineError):
+    """The caller holds as many of something as its limit allows; it may try again later."""
+
+    def __init__(self, code: str, message: str, *, retry_after_s: int) -> None:
+        super().__init__(code, message)
+        self.retry_after_s = retry_after_s

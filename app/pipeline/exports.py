@@ -14,12 +14,13 @@ import logging
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import anyio
 
-from app.pipeline.errors import InvalidRequest, NotReady
+from app.pipeline.errors import InvalidRequest, LimitReached, NotReady
 from app.pipeline.events import EventBus
 from app.pipeline.tasks import TaskRegistry
 from app.media.render import ExportOptionError, ExportOptions, output_name, render_export
@@ -33,6 +34,9 @@ from storage.store import ExportRecord, JobRecord
 log = logging.getLogger("altyazi.exports")
 
 PROGRESS_STEP = 0.01
+# An owner at its export limit waits for one of its renders to end; renders of
+# short clips take seconds, and the client can follow export_done instead.
+LIMIT_RETRY_AFTER_S = 10
 
 
 class ExportManager:
@@ -46,6 +50,11 @@ class ExportManager:
         self._tasks = TaskRegistry("export")
         self._progress_tasks: set[asyncio.Task[None]] = set()
         self._by_job: dict[str, set[str]] = defaultdict(set)
+        # Exports queued or rendering, by owner, against the owner's limit
+        # (set by the app from the key; None: no limit).
+        self.owner_limit: Callable[[str], int | None] = lambda owner: None
+        self._by_owner: dict[str, set[str]] = defaultdict(set)
+        self._owner_of: dict[str, str] = {}
 
     def parse(self, body: Any) -> ExportOptions:
         if not isinstance(body, dict):
@@ -62,11 +71,41 @@ class ExportManager:
     def active(self) -> int:
         return len(self._tasks)
 
+    def active_for_owner(self, owner: str) -> int:
+        return len(self._by_owner.get(owner, ()))
+
+    def _hold(self, owner: str, export_id: str) -> None:
+        self._by_owner[owner].add(export_id)
+        self._owner_of[export_id] = owner
+
+    def _unhold(self, export_id: str) -> None:
+        owner = self._owner_of.pop(export_id, None)
+        held = self._by_owner.get(owner) if owner is not None else None
+        if held is not None:
+            held.discard(export_id)
+            if not held:
+                del self._by_owner[owner]  # type: ignore[arg-type]
+
+    def _check_limit(self, owner: str) -> None:
+        limit = self.owner_limit(owner)
+        held = self.active_for_owner(owner)
+        if limit is not None and held >= limit:
+            raise LimitReached(
+                "too_many_exports",
+                f"You have {held} exports queued or rendering, the most this server allows per key; wait until "
+                "one is done (export_done on the job's event stream) and try again.",
+                retry_after_s=LIMIT_RETRY_AFTER_S,
+            )
+
     async def create(self, job: JobRecord, options: ExportOptions, export_id: str) -> ExportRecord:
         if job.status != Status.DONE:
             raise NotReady("not_ready", f"Exports need a finished transcript; the job is {job.status}.")
         if options.mode == "burn" and job.media and not job.media.get("has_video"):
             raise InvalidRequest("invalid_export_option", "Export option 'mode' is invalid: burn needs a video stream; this file is audio only, use \"soft\" instead", field="mode")
+        self._check_limit(job.owner)
+        # The place is taken before the first await, so requests racing in at
+        # once cannot all pass the check.
+        self._hold(job.owner, export_id)
         now = time.time()
         record = ExportRecord(
             id=export_id,
@@ -79,13 +118,18 @@ class ExportManager:
             updated_at=now,
             filename=output_name(job.filename, options.mode, options.container),
         )
-        await self.store.create_export(record)
-        await self.hub.publish(job.id, "export_queued", {"export_id": export_id, "status": Status.QUEUED})
+        try:
+            await self.store.create_export(record)
+            await self.hub.publish(job.id, "export_queued", {"export_id": export_id, "status": Status.QUEUED})
+        except BaseException:
+            self._unhold(export_id)
+            raise
         self.spawn(record)
         return record
 
     def spawn(self, record: ExportRecord) -> None:
         self._by_job[record.job_id].add(record.id)
+        self._hold(record.owner, record.id)
         self._tasks.spawn(record.id, self._run(record), on_done=lambda: self._detach(record.job_id, record.id))
 
     def _detach(self, job_id: str, export_id: str) -> None:
@@ -96,6 +140,7 @@ class ExportManager:
             ids.discard(export_id)
             if not ids:
                 del self._by_job[job_id]
+        self._unhold(export_id)
 
     async def recover(self) -> int:
         """Restart exports a previous process left unfinished; their partial files are gone by design."""
@@ -149,6 +194,7 @@ class ExportManager:
                 work_dir=work_dir,
                 dest=dest,
                 on_progress=on_progress,
+                owner=record.owner,
             )
             size = dest.stat().st_size
             await self.store.update_export(export_id, status=Status.DONE, progress=1.0, finished_at=time.time(), size_bytes=size)

@@ -24,7 +24,7 @@ import anyio
 
 from app.pipeline.admission import Admission
 from app.pipeline.events import EventBus
-from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool
+from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, TooLong
 from app.media.formats import segment_to_dict, transcript_to_dict
 from app.pipeline.options import JobOptions
 from app.pipeline.tasks import TaskRegistry
@@ -225,6 +225,8 @@ class JobManager:
                     duration_s=duration or None,
                     on_progress=lambda f: progress.report("extracting", EXTRACT_SHARE * f),
                 )
+            except TooLong as exc:
+                raise JobFailure("too_long", exc.message) from None
             except DiskFull:
                 raise JobFailure("disk_full", "The server ran out of disk space while extracting the audio; try again later.") from None
             except FfmpegError as exc:
