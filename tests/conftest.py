@@ -222,3 +222,9 @@ def add_keys(data_dir: Path, *names: str, **limits: Any) -> dict[str, str]:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def settle() -> None:
+    """Let every task that can run do so (a few loop turns; no waiting on time)."""
+    for _ in range(5):
+        await asyncio.sleep(0)

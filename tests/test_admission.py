@@ -8,12 +8,7 @@ import asyncio
 import pytest
 
 from app.pipeline.admission import Admission
-
-
-async def settle() -> None:
-    """Let every task that can run do so (a few loop turns; no waiting on time)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+from tests.conftest import settle
 
 
 class Jobs:

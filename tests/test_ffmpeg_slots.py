@@ -17,13 +17,8 @@ import pytest
 
 from app.media.ffmpeg import FfmpegPool
 from app.media.ffmpeg_slots import FairSlots, Kind
-from tests.conftest import LiveServer, add_keys, bearer, wait_done
+from tests.conftest import LiveServer, add_keys, bearer, settle, wait_done
 from tests.media import make_video_with_speech, speak
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 class Runner:
