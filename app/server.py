@@ -31,6 +31,7 @@ from app.events import EventHub
 from app.exports import ExportManager
 from app.ffmpeg import FfmpegPool
 from app.jobs import JobManager, ManagerLimits
+from app.options import DecodingDefaults
 from app.looplag import LoopLagMonitor
 from app.metrics import HttpMetricsMiddleware, Metrics
 from app.state import AppState
@@ -79,6 +80,10 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             hub=hub,
             multilingual=multilingual,
             limits=ManagerLimits(max_running_jobs=cfg.limits.max_running_jobs),
+            decoding=DecodingDefaults(
+                beam_size=cfg.decoding.beam_size,
+                condition_on_previous_text=cfg.decoding.condition_on_previous_text,
+            ),
         )
         exports = ExportManager(store=store, files=files, pool=pool, hub=hub, crf=cfg.ffmpeg.crf, preset=cfg.ffmpeg.preset)
         state = AppState(
