@@ -79,9 +79,9 @@ class WindowRequest:
     # ends in a pause or at the end of the file: an unfinished last segment is
     # whole, and kept.
     ends_in_speech: bool = False
-    # Text of the audio just before this window, given to the model as context
-    # (``condition_on_previous_text``); None decodes the window on its own.
-    previous_text: str | None = None
+    # Tokens (timestamps included) decoded just before this window, given to
+    # the model as context (``condition_on_previous_text``); empty: none.
+    previous_tokens: tuple[int, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -118,6 +118,8 @@ class WindowResult:
     # from here. None: the whole window is accounted for.
     covered_until: float | None = None
     temperature: float = 0.0  # the decoding temperature of the kept attempt
+    # The kept segments' tokens, timestamps included: context for the next window.
+    tokens: tuple[int, ...] = ()
 
 
 @runtime_checkable

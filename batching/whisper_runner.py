@@ -408,8 +408,10 @@ class WhisperRunner:
             if not previous:
                 previous = tok.encode(" " + text.strip())
                 self._prompt_tokens[text] = previous
-        if window.previous_text:
-            previous = (previous + tok.encode(" " + window.previous_text.strip()))[-MAX_PREVIOUS_TOKENS:]
+        if window.previous_tokens:
+            # With its timestamps, as Whisper's own loop passes it: the plain
+            # text alone (measured) makes tiny.en drop timestamps and skip speech.
+            previous = (previous + list(window.previous_tokens))[-MAX_PREVIOUS_TOKENS:]
             if len(previous) < MAX_PREVIOUS_TOKENS:
                 previous = previous[len(previous) % CONTEXT_BUCKET :]
         return self._wm.get_prompt(tok, previous, without_timestamps=False)
@@ -539,6 +541,7 @@ class WhisperRunner:
             language_probability=language[1],
             covered_until=None if covered is None or covered >= end_bound else round(float(covered), 3),
             temperature=dec["temperature"],
+            tokens=tuple(int(t) for seg in segs for t in seg["tokens"]),
         )
         tok = self._tokenizer(language[0], opts.task)
         compression_ratio = get_compression_ratio(tok.decode(dec["tokens"]).strip())

@@ -33,6 +33,8 @@ from batching.types import SAMPLE_RATE, WINDOW_SAMPLES, WindowResult
 PROMPT_RESET_TEMPERATURE = 0.5
 # A remainder shorter than this after a cut holds no word worth a decoder pass.
 MIN_PIECE_SAMPLES = SAMPLE_RATE // 10
+# Whisper never looks further back than this (half its text context).
+MAX_CONTEXT_TOKENS = 223
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,10 @@ class ResumePoint:
 
     next: int = 0
     carry: bool = False
-    previous_text: str | None = None
 
     @classmethod
     def after(cls, payload: dict[str, Any]) -> ResumePoint:
-        text = " ".join(str(s.get("text", "")).strip() for s in payload.get("segments", ()))
-        return cls(int(payload["next"]), bool(payload.get("carry")), text or None)
+        return cls(int(payload["next"]), bool(payload.get("carry")))
 
     def remaining(self, span: WindowSpan) -> tuple[bool, int | None]:
         """For a planned window, in order until the first one left to decode:
@@ -73,17 +73,19 @@ class ResumePoint:
         return True, (self.next if self.next > span.start_sample else None)
 
 
-Decode = Callable[[int, int, bool, str | None], Awaitable[WindowResult]]
+Decode = Callable[[int, int, bool, tuple[int, ...]], Awaitable[WindowResult]]
 
 
 @dataclass
 class Chain:
     """Windows decoded one after another; fed as the VAD finds them."""
 
-    decode: Decode  # (start sample, stop sample, ends_in_speech, previous text) -> result
+    decode: Decode  # (start sample, stop sample, ends_in_speech, previous tokens) -> result
     conditioned: bool
     carry: int | None = None  # start of the first window, when not its planned start
-    previous_text: str | None = None
+    # Context for the next window when conditioned (empty after a restart: the
+    # tokens of saved windows are not kept).
+    previous_tokens: tuple[int, ...] = ()
     inbox: asyncio.Queue[WindowSpan | None] = field(default_factory=asyncio.Queue)
     out: asyncio.Queue[Piece | None] = field(default_factory=asyncio.Queue)
 
@@ -135,7 +137,7 @@ class Chain:
         # measured with tiny.en, that prompt made the model drop its timestamps
         # and write one 30-s segment, losing 20 s of speech.
         del follow_up
-        previous = self.previous_text if self.conditioned else None
+        previous = self.previous_tokens if self.conditioned else ()
         result = await self.decode(start, stop, cut, previous)
         covered = stop
         if result.covered_until is not None:
@@ -145,8 +147,7 @@ class Chain:
         carry = covered < stop and at_window_end
         self.out.put_nowait(Piece(start, stop, covered, carry, result))
         if result.temperature > PROMPT_RESET_TEMPERATURE:
-            self.previous_text = None
+            self.previous_tokens = ()
         else:
-            text = " ".join(s.text.strip() for s in result.segments).strip()
-            self.previous_text = text or self.previous_text
+            self.previous_tokens = (self.previous_tokens + result.tokens)[-MAX_CONTEXT_TOKENS:]
         return covered

@@ -292,7 +292,7 @@ class JobManager:
         base = EXTRACT_SHARE
         counter = itertools.count(seq)
 
-        async def decode_one(start: int, stop: int, cut: bool, previous: str | None) -> WindowResult:
+        async def decode_one(start: int, stop: int, cut: bool, previous: tuple[int, ...]) -> WindowResult:
             request = WindowRequest(
                 owner=job.owner,
                 job_id=job_id,
@@ -301,7 +301,7 @@ class JobManager:
                 audio=AudioRef(str(pcm), start, stop - start),
                 options=decode,
                 ends_in_speech=cut,
-                previous_text=previous,
+                previous_tokens=previous,
             )
             return await self.engine.transcribe(request)
 
@@ -338,7 +338,7 @@ class JobManager:
                         await self._set_stage(job_id, "transcribing", base + (1 - base) * resume.next / total_samples)
                         _job_log(job, "transcribing", "first window queued", running_s=_since(job.started_at))
                     if chain is None:
-                        chain = Chain(decode_one, conditioned, carry=start_at, previous_text=resume.previous_text)
+                        chain = Chain(decode_one, conditioned, carry=start_at)
                         tg.create_task(chain.run())
                         chains.put_nowait(chain)
                     chain.add(span)
