@@ -34,6 +34,7 @@ from app.pipeline.events import EventHub
 from app.pipeline.exports import ExportManager
 from app.media.ffmpeg import FfmpegPool
 from app.pipeline.jobs import JobManager, ManagerLimits
+from app.pipeline.options import DecodingDefaults
 from app.api.looplag import LoopLagMonitor
 from app.api.metrics import HttpMetricsMiddleware, Metrics
 from app.api.state import AppState
@@ -84,6 +85,10 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             hub=hub,
             multilingual=multilingual,
             limits=ManagerLimits(max_running_jobs=cfg.limits.max_running_jobs),
+            decoding=DecodingDefaults(
+                beam_size=cfg.decoding.beam_size,
+                condition_on_previous_text=cfg.decoding.condition_on_previous_text,
+            ),
         )
         exports = ExportManager(store=store, files=files, pool=pool, hub=hub, crf=cfg.ffmpeg.crf, preset=cfg.ffmpeg.preset)
         state = AppState(

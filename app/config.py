@@ -47,6 +47,14 @@ class BatchingConfig:
 
 
 @dataclass
+class DecodingConfig:
+    # Defaults for jobs that do not choose; chosen by measurement on long media
+    # (README, "Measured performance").
+    beam_size: int = 1
+    condition_on_previous_text: bool = False
+
+
+@dataclass
 class FfmpegConfig:
     path: str = "ffmpeg"
     ffprobe_path: str = "ffprobe"
@@ -96,6 +104,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     ffmpeg: FfmpegConfig = field(default_factory=FfmpegConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -114,6 +123,7 @@ class Config:
         _check(0 <= b.max_batch_size <= 256, "batching.max_batch_size", b.max_batch_size, "from 1 to 256, or 0 for the device's default")
         _check(0 <= b.max_wait_ms <= 10_000, "batching.max_wait_ms", b.max_wait_ms, "from 0 to 10000")
         _check(1 <= b.prepare_threads <= 64, "batching.prepare_threads", b.prepare_threads, "from 1 to 64")
+        _check(1 <= self.decoding.beam_size <= 10, "decoding.beam_size", self.decoding.beam_size, "from 1 to 10")
         _check(1 <= f.max_processes <= 256, "ffmpeg.max_processes", f.max_processes, "from 1 to 256")
         _check(f.timeout_s > 0, "ffmpeg.timeout_s", f.timeout_s, "> 0")
         _check(f.threads >= 0, "ffmpeg.threads", f.threads, ">= 0")

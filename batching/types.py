@@ -73,6 +73,15 @@ class WindowRequest:
     audio: AudioRef
     options: DecodeOptions = field(default_factory=DecodeOptions)
     temperature_index: int = 0  # which entry of options.temperatures to decode with
+    # True when the audio goes on, mid-speech, past the window's end (a hard
+    # cut): an unfinished last segment is then dropped and the result's
+    # ``covered_until`` says where to decode again from. False when the window
+    # ends in a pause or at the end of the file: an unfinished last segment is
+    # whole, and kept.
+    ends_in_speech: bool = False
+    # Tokens (timestamps included) decoded just before this window, given to
+    # the model as context (``condition_on_previous_text``); empty: none.
+    previous_tokens: tuple[int, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -95,7 +104,7 @@ class Segment:
     words: tuple[Word, ...] | None = None
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
-    temperature: float = 0.0  # the fallback temperature the window was decoded at
+    temperature: float = 0.0  # the decoding temperature that produced it
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,14 @@ class WindowResult:
     segments: tuple[Segment, ...]
     language: str
     language_probability: float
+    # Seconds (absolute) up to which the segments account for the audio, when
+    # that is short of the window's end: the window ended mid-speech and the
+    # model left its last segment unfinished, so the rest must be decoded again
+    # from here. None: the whole window is accounted for.
+    covered_until: float | None = None
+    temperature: float = 0.0  # the decoding temperature of the kept attempt
+    # The kept segments' tokens, timestamps included: context for the next window.
+    tokens: tuple[int, ...] = ()
 
 
 @runtime_checkable

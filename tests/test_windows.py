@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.pipeline.windows import WindowSpan, plan_windows
+import app.pipeline.windows as windows_module
+from app.pipeline.windows import HARD_CUT_GAP, WindowSpan, iter_windows, plan_windows
 from batching.types import SAMPLE_RATE
 from tests.media import have_tool, make_long_speech, make_silence, make_tone, make_video_with_speech, speak, to_pcm
 
@@ -145,6 +146,8 @@ def test_fixed_windows_without_vad(long_pcm: Path, tmp_path: Path):
     windows = plan_windows(long_pcm, vad=False)
     assert [w.start_sample for w in windows] == [0, MAX, 2 * MAX, 3 * MAX]
     assert [w.num_samples for w in windows] == [MAX, MAX, MAX, total - 3 * MAX]
+    # every cut but the file's end is inside whatever was said there
+    assert [w.ends_in_speech for w in windows] == [True, True, True, False]
     # a tail under 0.1 s is not worth a decode; one byte of a half sample is ignored
     pcm = tmp_path / "tail.pcm"
     pcm.write_bytes(b"\0" * (2 * (2 * MAX + 800)) + b"\0")
@@ -154,6 +157,51 @@ def test_fixed_windows_without_vad(long_pcm: Path, tmp_path: Path):
     assert [w.num_samples for w in plan_windows(pcm, vad=False, max_window_s=10)] == [10 * SAMPLE_RATE] * 3 + [
         1600
     ]
+
+
+def test_padding_tells_hard_cuts_from_pauses():
+    pad = 400 * SAMPLE_RATE // 1000
+    raw = [
+        (10_000, 100_000),
+        (100_000 + 512, 200_000),  # one frame later: Silero split speech without a pause
+        (200_000 + 3_200, 300_000),  # 200 ms later: a pause
+        (300_000 + 20 * SAMPLE_RATE, 700_000),  # a long pause
+    ]
+    padded = list(windows_module._pad(iter(raw), 800_000))
+    assert [cut for _, _, cut in padded] == [True, False, False, False]
+    # close spans meet in the middle of the gap, far ones get the full padding
+    assert padded[0] == (10_000 - pad, 100_256, True) and padded[1][0] == 100_256
+    assert padded[2][1] == 300_000 + pad and padded[3][0] == 300_000 + 20 * SAMPLE_RATE - pad
+    assert HARD_CUT_GAP > 512
+
+
+def test_packing_keeps_the_cut_of_the_window_s_last_span():
+    spans = [(0, 20 * SAMPLE_RATE, False), (20 * SAMPLE_RATE, 29 * SAMPLE_RATE, True), (29 * SAMPLE_RATE, 40 * SAMPLE_RATE, False)]
+    packed = list(windows_module._pack(iter(spans), MAX))
+    assert [(w.start_sample, w.end_sample, w.ends_in_speech) for w in packed] == [
+        (0, 29 * SAMPLE_RATE, True),
+        (29 * SAMPLE_RATE, 40 * SAMPLE_RATE, False),
+    ]
+    # a span longer than a window is split by the backstop: those cuts are mid-speech
+    long = list(windows_module._pack(iter([(0, 70 * SAMPLE_RATE, False)]), MAX))
+    assert [w.ends_in_speech for w in long] == [True, True, False]
+
+
+def test_windows_come_as_the_vad_finds_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A long file's first window must not wait for the VAD to read the whole file.
+    pcm = write_pcm(tmp_path / "long.pcm", np.zeros(30 * 60 * SAMPLE_RATE))
+    blocks: list[int] = []
+
+    def one_span_per_block(audio: np.ndarray, options: object, sampling_rate: int) -> list[dict[str, int]]:
+        blocks.append(len(audio))
+        return [{"start": SAMPLE_RATE, "end": 5 * SAMPLE_RATE}]
+
+    monkeypatch.setattr(windows_module, "get_speech_timestamps", one_span_per_block)
+    it = iter_windows(pcm)
+    first = next(it)
+    assert first.start_sample < SAMPLE_RATE and len(blocks) <= 3
+    rest = list(it)
+    assert len(blocks) == 30 and len(rest) >= 5
 
 
 def test_bad_arguments(tmp_path: Path):

@@ -13,9 +13,12 @@ window instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
+import threading
 import time
-from collections import Counter, deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,12 +26,13 @@ from typing import Any, Callable
 import anyio
 
 from app.pipeline.admission import Admission
+from app.pipeline.chains import Chain, ResumePoint
 from app.pipeline.events import EventBus
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, TooLong
 from app.media.formats import segment_to_dict, transcript_to_dict
-from app.pipeline.options import JobOptions
+from app.pipeline.options import DecodingDefaults, JobOptions
 from app.pipeline.tasks import TaskRegistry
-from app.pipeline.windows import plan_windows
+from app.pipeline.windows import WindowSpan, iter_windows
 from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
 from storage.files import atomic_write_json
 from storage.seams import FileStore, JobRepository
@@ -37,9 +41,10 @@ from storage.store import JobRecord
 
 log = logging.getLogger("altyazi.jobs")
 
-# Share of the progress bar each stage fills; transcription dominates the wall time.
+# Share of the progress bar extraction fills; the rest follows the position in
+# the media up to which the transcript is announced (speech detection runs
+# alongside transcription, a block ahead of it).
 EXTRACT_SHARE = 0.05
-VAD_SHARE = 0.05
 PROGRESS_STEP = 0.01
 
 
@@ -82,6 +87,7 @@ class JobManager:
         hub: EventBus,
         multilingual: bool,
         limits: ManagerLimits | None = None,
+        decoding: DecodingDefaults | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -90,6 +96,7 @@ class JobManager:
         self.hub = hub
         self.multilingual = multilingual
         self.limits = limits or ManagerLimits()
+        self.decoding = decoding or DecodingDefaults()
         self.admission = Admission(self.limits.max_running_jobs)
         # How many of one owner's jobs may run at once (None: no cap); set by
         # the app from the owner's key, so extra jobs wait in the fair queue.
@@ -240,16 +247,13 @@ class JobManager:
         await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
         _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))
         await progress.flush()
-        spans = await anyio.to_thread.run_sync(lambda: plan_windows(pcm, vad=options.vad), limiter=self._vad_limiter)
-        await self._set_stage(job_id, "transcribing", EXTRACT_SHARE + VAD_SHARE)
-        _job_log(job, "transcribing", "speech detected", windows=len(spans), running_s=_since(job.started_at))
-        segments, language = await self._transcribe(job, options, pcm, spans, duration, progress)
+        segments, language, windows = await self._transcribe(job, options, pcm, total_samples, progress)
 
         await self.store.update_job(job_id, stage="finalizing")
         language = options.language or language or ("en" if not self.multilingual else None)
         transcript = transcript_to_dict(segments, language=language, duration_s=duration, scores=True)
         await anyio.to_thread.run_sync(atomic_write_json, self.files.transcript_path(job_id), transcript)
-        await self._finish(job_id, "done", language=language, segments=len(segments))
+        await self._finish(job_id, "done", language=language, segments=len(segments), windows=windows)
         # The transcript holds the windows now; the PCM can be made again from the input.
         pcm.unlink(missing_ok=True)
         await self.store.clear_windows(job_id)
@@ -259,77 +263,142 @@ class JobManager:
         job: JobRecord,
         options: JobOptions,
         pcm: Path,
-        spans: list[Any],
-        duration: float,
+        total_samples: int,
         progress: _Progress,
-    ) -> tuple[list[Segment], str | None]:
+    ) -> tuple[list[Segment], str | None, int]:
+        """Decode the job's windows as the VAD finds them; announce and save them in order.
+
+        Independent windows (see app.pipeline.chains) are all submitted at once, so the
+        batcher can put several of one job's windows in a batch; windows joined
+        by a cut wait for the one before. A resumed job replays its saved
+        pieces and goes on after the last one.
+        """
         job_id = job.id
-        decode = options.decode_options(multilingual=self.multilingual)
-        saved = await self.store.load_windows(job_id)
+        decode = options.decode_options(multilingual=self.multilingual, defaults=self.decoding)
+        conditioned = options.conditioned(self.decoding)
         segments: list[Segment] = []
-        languages: Counter[str] = Counter()
-        next_index = 0
-        # Windows are announced in order; a resumed job skips the prefix it already announced.
-        while next_index in saved:
-            stored = saved[next_index]
+        languages: defaultdict[str, float] = defaultdict(float)  # language -> audio seconds
+        resume = ResumePoint()
+        saved = await self.store.load_windows(job_id)
+        if saved and not all("next" in p for p in saved.values()):
+            saved = {}  # saved by an older version that did not record where to go on
+            await self.store.clear_windows(job_id)
+        seq = 0
+        while seq in saved:
+            stored = saved[seq]
             segments.extend(segment_from_dict(s) for s in stored["segments"])
             if stored.get("language"):
                 languages[stored["language"]] += stored.get("seconds", 0.0)
-            next_index += 1
-        total_seconds = sum(s.num_samples for s in spans) / SAMPLE_RATE or 1.0
-        done_seconds = sum(s.num_samples for s in spans[:next_index]) / SAMPLE_RATE
+            resume = ResumePoint.after(stored)
+            seq += 1
+        base = EXTRACT_SHARE
+        counter = itertools.count(seq)
 
-        requests = [
-            WindowRequest(
+        async def decode_one(start: int, stop: int, cut: bool, previous: tuple[int, ...]) -> WindowResult:
+            request = WindowRequest(
                 owner=job.owner,
                 job_id=job_id,
-                index=i,
-                offset=span.start_sample / SAMPLE_RATE,
-                audio=AudioRef(str(pcm), span.start_sample, span.num_samples),
+                index=next(counter),
+                offset=start / SAMPLE_RATE,
+                audio=AudioRef(str(pcm), start, stop - start),
                 options=decode,
+                ends_in_speech=cut,
+                previous_tokens=previous,
             )
-            for i, span in enumerate(spans)
-            if i >= next_index
-        ]
-        results: dict[int, WindowResult] = {}
-        base = EXTRACT_SHARE + VAD_SHARE
-        finished: asyncio.Queue[tuple[int, WindowResult]] = asyncio.Queue()
+            return await self.engine.transcribe(request)
 
-        async def one(request: WindowRequest) -> None:
-            finished.put_nowait((request.index, await self.engine.transcribe(request)))
+        chains: asyncio.Queue[Chain | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
 
+        async def plan(tg: asyncio.TaskGroup) -> None:
+            spans: asyncio.Queue[WindowSpan | None] = asyncio.Queue()
+            stop = threading.Event()
+
+            def scan() -> None:
+                # In a worker thread: windows reach the loop as each VAD block is done.
+                try:
+                    for span in iter_windows(pcm, vad=options.vad):
+                        if stop.is_set():
+                            return
+                        loop.call_soon_threadsafe(spans.put_nowait, span)
+                finally:
+                    loop.call_soon_threadsafe(spans.put_nowait, None)
+
+            scanner = tg.create_task(
+                anyio.to_thread.run_sync(scan, limiter=self._vad_limiter, abandon_on_cancel=True)
+            )
+            chain: Chain | None = None
+            first = True
+            try:
+                while (span := await spans.get()) is not None:
+                    start_at = None
+                    if first:
+                        todo, start_at = resume.remaining(span)
+                        if not todo:
+                            continue
+                        first = False
+                        await self._set_stage(job_id, "transcribing", base + (1 - base) * resume.next / total_samples)
+                        _job_log(job, "transcribing", "first window queued", running_s=_since(job.started_at))
+                    if chain is None:
+                        chain = Chain(decode_one, conditioned, carry=start_at)
+                        tg.create_task(chain.run())
+                        chains.put_nowait(chain)
+                    chain.add(span)
+                    if not (span.ends_in_speech or conditioned):
+                        chain.close()
+                        chain = None
+                if chain is not None:
+                    chain.close()
+                if first:  # nothing to decode (silence, or all of it was saved)
+                    await self._set_stage(job_id, "transcribing", base + (1 - base) * resume.next / total_samples)
+                await scanner
+            finally:
+                stop.set()
+                chains.put_nowait(None)
+
+        previous_end = segments[-1].end if segments else 0.0
         try:
             async with asyncio.TaskGroup() as tg:
-                for request in requests:
-                    tg.create_task(one(request))
-                for _ in requests:
-                    index, window = await finished.get()
-                    results[index] = window
-                    while next_index in results:
-                        window = results.pop(next_index)
-                        seconds = spans[next_index].num_samples / SAMPLE_RATE
+                tg.create_task(plan(tg))
+                while (chain := await chains.get()) is not None:
+                    async for piece in chain.pieces():
+                        window = piece.result
+                        seconds = (piece.next - piece.start) / SAMPLE_RATE
                         first_id = len(segments)
-                        segments.extend(window.segments)
+                        # Times never go back across windows, whatever the model wrote.
+                        kept = _monotonic(window.segments, previous_end)
+                        if kept:
+                            previous_end = kept[-1].end
+                        segments.extend(kept)
                         if window.language:
                             languages[window.language] += seconds
-                        dicts = [segment_to_dict(s, first_id + k) for k, s in enumerate(window.segments)]
+                        dicts = [segment_to_dict(s, first_id + k) for k, s in enumerate(kept)]
                         await self.store.save_window(
-                            job_id, next_index, {"language": window.language, "seconds": seconds, "segments": dicts}
+                            job_id,
+                            seq,
+                            {
+                                "language": window.language,
+                                "seconds": seconds,
+                                "segments": dicts,
+                                "start": piece.start,
+                                "stop": piece.stop,
+                                "next": piece.next,
+                                "carry": piece.carry,
+                            },
                         )
+                        seq += 1
                         for d in dicts:
                             await self.hub.publish(job_id, "segment", d)
-                        done_seconds += seconds
                         self.audio_seconds_done += seconds
                         self._recent.append((time.monotonic(), seconds))
-                        next_index += 1
-                        progress.report("transcribing", base + (1 - base) * min(1.0, done_seconds / total_seconds))
+                        progress.report("transcribing", base + (1 - base) * min(1.0, piece.next / total_samples))
         except BaseExceptionGroup as group:
             # One window failed: the job fails with that window's error, not a group of them.
             first = next((e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)), group.exceptions[0])
             raise first from None
         await progress.flush()
-        language = languages.most_common(1)[0][0] if languages else None
-        return segments, language
+        language = max(languages, key=languages.__getitem__) if languages else None
+        return segments, language, seq
 
     # ---- state changes -----------------------------------------------------
 
@@ -345,6 +414,7 @@ class JobManager:
         error: tuple[str, str] | None = None,
         language: str | None = None,
         segments: int | None = None,
+        windows: int | None = None,
     ) -> None:
         fields: dict[str, Any] = {"status": status, "stage": status, "finished_at": time.time()}
         if status == "done":
@@ -356,6 +426,7 @@ class JobManager:
         _job_log(
             job, status, status,
             duration_s=job.duration_s, language=job.language, segments=segments,
+            **({"windows": windows} if windows is not None else {}),
             queued_s=_since(job.created_at, job.started_at), run_s=_since(job.started_at, job.finished_at),
             total_s=_since(job.created_at, job.finished_at),
             **({"error_code": error[0], "error_message": error[1]} if error else {}),
@@ -378,6 +449,18 @@ def _since(start: float | None, end: float | None = None) -> float | None:
 def _job_log(job: JobRecord, stage: str, message: str, **fields: Any) -> None:
     """One INFO line per job state change: id, owner, stage and timings as fields."""
     log.info("job %s %s", job.id, message, extra={"job": job.id, "owner": job.owner, "stage": stage, **fields})
+
+
+def _monotonic(segments: tuple[Segment, ...], floor: float) -> list[Segment]:
+    """Segments whose times do not go back before ``floor`` or before each other."""
+    out = []
+    for seg in segments:
+        start = max(seg.start, floor)
+        end = max(seg.end, start)
+        out.append(seg if (start, end) == (seg.start, seg.end) else dataclasses.replace(seg, start=start, end=end))
+        floor = start
+    return out
+
 
 
 class _Progress:

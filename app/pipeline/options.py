@@ -15,7 +15,8 @@ LANGUAGES = frozenset(
     "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue".split()
 )
 MAX_PROMPT_CHARS = 1000
-KNOWN = ("language", "task", "word_timestamps", "vad", "initial_prompt")
+MAX_BEAM_SIZE = 10
+KNOWN = ("language", "task", "word_timestamps", "vad", "initial_prompt", "beam_size", "condition_on_previous_text")
 # Parameters that travel in the same query string but are not transcription options.
 TRANSPORT = frozenset({"filename"})
 
@@ -36,12 +37,35 @@ def parse_bool(name: str, raw: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class DecodingDefaults:
+    """What a job that leaves beam_size or condition_on_previous_text unset gets."""
+
+    beam_size: int = 1
+    condition_on_previous_text: bool = False
+
+
+def parse_int(name: str, raw: Any, low: int, high: int) -> int:
+    if isinstance(raw, bool):
+        raise bad_option(name, f"expected a whole number from {low} to {high}, got {raw!r}")
+    text = str(raw).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise bad_option(name, f"expected a whole number from {low} to {high}, got {text[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise bad_option(name, f"expected a whole number from {low} to {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
 class JobOptions:
     language: str | None = None  # None: detect
     task: str = "transcribe"
     word_timestamps: bool = False
     vad: bool = True
     initial_prompt: str | None = None
+    # None: the server's default ([decoding] in the config), read when the job runs.
+    beam_size: int | None = None
+    condition_on_previous_text: bool | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> JobOptions:
@@ -70,12 +94,20 @@ class JobOptions:
             if "\x00" in prompt:
                 raise bad_option("initial_prompt", "contains a NUL character")
             prompt = prompt.strip() or None
+        beam_size = None
+        if (raw_beam := raw.get("beam_size")) not in (None, ""):
+            beam_size = parse_int("beam_size", raw_beam, 1, MAX_BEAM_SIZE)
+        condition = None
+        if (raw_cond := raw.get("condition_on_previous_text")) not in (None, ""):
+            condition = parse_bool("condition_on_previous_text", raw_cond)
         return cls(
             language=language,
             task=task,
             word_timestamps=parse_bool("word_timestamps", raw.get("word_timestamps", False)),
             vad=parse_bool("vad", raw.get("vad", True)),
             initial_prompt=prompt,
+            beam_size=beam_size,
+            condition_on_previous_text=condition,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +117,12 @@ class JobOptions:
     def from_dict(cls, data: Mapping[str, Any]) -> JobOptions:
         return cls(**{k: data[k] for k in KNOWN if k in data})
 
-    def decode_options(self, *, multilingual: bool) -> DecodeOptions:
+    def conditioned(self, defaults: DecodingDefaults) -> bool:
+        if self.condition_on_previous_text is None:
+            return defaults.condition_on_previous_text
+        return self.condition_on_previous_text
+
+    def decode_options(self, *, multilingual: bool, defaults: DecodingDefaults = DecodingDefaults()) -> DecodeOptions:
         language = self.language
         if not multilingual:
             language = "en"  # an English-only model has no language token to choose
@@ -94,4 +131,5 @@ class JobOptions:
             task=self.task if multilingual else "transcribe",
             initial_prompt=self.initial_prompt,
             word_timestamps=self.word_timestamps,
+            beam_size=self.beam_size or defaults.beam_size,
         )

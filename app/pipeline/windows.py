@@ -10,14 +10,21 @@ timestamps straight back to the media. Silence between windows is never decoded.
 Memory: the file is read one block at a time (60 s by default). Silero's ONNX
 run over a block costs about 0.3-0.6 MB per second of block (measured), so the
 block size bounds peak memory (about 35-40 MB above the loaded model, measured
-on 30 and 120 minute files) whatever the file's length; only the list of speech
-spans grows with the file. Speech that runs into the end of a block is not cut
+on 30 and 120 minute files) whatever the file's length, and windows are yielded
+as each block is analysed, so a long file's first windows are decoded while the
+VAD is still reading. Speech that runs into the end of a block is not cut
 there: that last span is dropped and the next block starts at its start, so it
 is analysed again, whole, in the next block (the VAD's state is not carried
 between blocks; each block starts fresh, at the start of a speech span or a
 block boundary in silence).
 
-Call :func:`plan_windows` from a worker thread; it is CPU-bound (about 1.5 ms
+Window edges: a window ends either in a pause (VAD found silence there, or the
+file ends) or mid-speech (``ends_in_speech``: without VAD every 30 s, and where
+Silero had to split more than 30 s of speech without a pause). The pipeline
+treats the second kind as a chain: the next window starts where the model's
+last finished segment ended, never at the cut (see batching/segmenting.py).
+
+Iterate :func:`iter_windows` from a worker thread; it is CPU-bound (about 1.5 ms
 per second of audio on one core) and blocking.
 """
 
@@ -29,7 +36,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +45,7 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
 from batching.types import SAMPLE_RATE, WINDOW_SECONDS, AudioRef
 
-__all__ = ["WindowSpan", "load_vad_model", "plan_windows"]
+__all__ = ["WindowSpan", "iter_windows", "load_vad_model", "plan_windows"]
 
 BYTES_PER_SAMPLE = 2  # s16le
 VAD_THRESHOLD = 0.5
@@ -51,6 +58,10 @@ SPEECH_PAD_MS = 400
 # 30 s encoder pass for nothing.
 MIN_WINDOW_S = 0.1
 _VAD_FRAME = 512  # samples per Silero frame
+# Two speech spans closer than this (unpadded) were split by Silero inside
+# speech, not at a pause: its pause splits need at least 98 ms of silence, a
+# hard split leaves one frame (32 ms).
+HARD_CUT_GAP = 2 * _VAD_FRAME
 
 _model_lock = threading.Lock()
 
@@ -61,6 +72,11 @@ class WindowSpan:
 
     start_sample: int
     num_samples: int
+    # True when the window ends mid-speech and the next window starts right at
+    # its end: a hard cut (every fixed window without VAD, and speech that VAD
+    # had to split without a pause). Such a window's unfinished last segment is
+    # decoded again as part of the next window (see batching/segmenting.py).
+    ends_in_speech: bool = False
 
     @property
     def end_sample(self) -> int:
@@ -99,9 +115,22 @@ def plan_windows(
     max_window_s: float = WINDOW_SECONDS,
     block_s: float = 60.0,
 ) -> list[WindowSpan]:
+    """All of :func:`iter_windows` at once (tests, benchmarks)."""
+    return list(iter_windows(pcm_path, vad=vad, max_window_s=max_window_s, block_s=block_s))
+
+
+def iter_windows(
+    pcm_path: str | Path,
+    *,
+    vad: bool = True,
+    max_window_s: float = WINDOW_SECONDS,
+    block_s: float = 60.0,
+) -> Iterator[WindowSpan]:
     """Windows of at most ``max_window_s`` covering the speech (or, without VAD, all) of the file.
 
-    Windows are in order and do not overlap. Silence-only audio gives no windows.
+    Windows come in order, as the VAD finds them (one block of ``block_s`` at a
+    time), so the first ones can be decoded while the rest of a long file is
+    still being analysed. They do not overlap. Silence-only audio gives none.
     """
     if not 1.0 <= max_window_s <= WINDOW_SECONDS:
         raise ValueError(f"max_window_s must be between 1 and {WINDOW_SECONDS:g}, not {max_window_s!r}")
@@ -113,35 +142,43 @@ def plan_windows(
     total = os.path.getsize(pcm_path) // BYTES_PER_SAMPLE
     max_samples = int(max_window_s * SAMPLE_RATE)
     if not vad:
-        return _fixed_windows(total, max_samples)
-    spans = _speech_spans(Path(pcm_path), total, max_window_s, int(block_s * SAMPLE_RATE))
-    return _pack(spans, max_samples)
+        return iter(_fixed_windows(total, max_samples))
+    raw = _raw_speech_spans(Path(pcm_path), total, max_window_s, int(block_s * SAMPLE_RATE))
+    return _pack(_pad(raw, total), max_samples)
 
 
 def _fixed_windows(total: int, max_samples: int) -> list[WindowSpan]:
     min_samples = int(MIN_WINDOW_S * SAMPLE_RATE)
+    starts = [start for start in range(0, total, max_samples) if total - start >= min_samples]
+    # Every fixed window but the last ends wherever 30 s ran out: mid-speech, as
+    # far as anybody knows.
     return [
-        WindowSpan(start, min(max_samples, total - start))
-        for start in range(0, total, max_samples)
-        if total - start >= min_samples
+        WindowSpan(start, min(max_samples, total - start), ends_in_speech=k < len(starts) - 1)
+        for k, start in enumerate(starts)
     ]
 
 
-def _speech_spans(path: Path, total: int, max_window_s: float, block: int) -> list[tuple[int, int]]:
-    """Padded speech spans ``(start, end)`` in samples, in order, none longer than ``max_window_s``."""
+def _raw_speech_spans(path: Path, total: int, max_window_s: float, block: int) -> Iterator[tuple[int, int]]:
+    """Speech spans ``(start, end)`` in samples, in order, before padding.
+
+    Padding is added by :func:`_pad`, not by Silero: the unpadded gap between two
+    spans is what tells a pause (at least ``MIN_SILENCE_MS``, or 98 ms where
+    Silero split a long run at a short pause) from a hard cut inside speech
+    (one frame).
+    """
     options = VadOptions(
         threshold=VAD_THRESHOLD,
         min_silence_duration_ms=MIN_SILENCE_MS,
-        speech_pad_ms=SPEECH_PAD_MS,
-        # Silero splits longer runs itself, at a pause where it finds one; the
-        # limit already includes the padding on both sides.
-        max_speech_duration_s=max_window_s,
+        speech_pad_ms=0,
+        # Silero splits longer runs itself, at a pause where it finds one. Its
+        # limit counts the padding on both sides, which is added later here, so
+        # the padding comes off the limit: the same split points as with padding.
+        max_speech_duration_s=max_window_s - 2 * SPEECH_PAD_MS / 1000,
     )
     # A span ending this close to a block's end may be speech cut by the block.
     margin = (SPEECH_PAD_MS + MIN_SILENCE_MS) * SAMPLE_RATE // 1000 + _VAD_FRAME
     load_vad_model()
 
-    spans: list[tuple[int, int]] = []
     pos = 0
     with open(path, "rb") as f:
         while pos < total:
@@ -159,10 +196,38 @@ def _speech_spans(path: Path, total: int, max_window_s: float, block: int) -> li
             # 2 * max_window_s a span touching the end always starts later.
             if found and not last_block and found[-1]["end"] >= n - margin and found[-1]["start"] >= n // 4:
                 next_pos = pos + found.pop()["start"]
-            spans.extend((pos + s["start"], pos + s["end"]) for s in found if s["end"] > s["start"])
-            pos = next_pos
             _trim_heap()
-    return spans
+            for s in found:
+                if s["end"] > s["start"]:
+                    yield pos + s["start"], pos + s["end"]
+            pos = next_pos
+
+
+def _pad(raw: Iterator[tuple[int, int]], total: int) -> Iterator[tuple[int, int, bool]]:
+    """Silero's padding, applied across blocks, one span behind the VAD.
+
+    Yields ``(start, end, cut)``: ``cut`` is True when the next span follows
+    without a pause (a hard split of long speech). Like Silero, two spans closer
+    than twice the padding meet in the middle of the gap between them.
+    """
+    pad = SPEECH_PAD_MS * SAMPLE_RATE // 1000
+    prev: tuple[int, int] | None = None  # the last span, start already padded
+    for start, end in raw:
+        if prev is None:
+            prev = (max(0, start - pad), end)
+            continue
+        p_start, p_end = prev
+        start = max(start, p_end)  # a span found again after a block carry-over
+        gap = start - p_end
+        if gap < 2 * pad:
+            half = max(0, gap) // 2
+            yield p_start, p_end + half, gap < HARD_CUT_GAP
+            prev = (start - half, end)
+        else:
+            yield p_start, min(total, p_end + pad), False
+            prev = (max(0, start - pad), end)
+    if prev is not None:
+        yield prev[0], min(total, prev[1] + pad), False
 
 
 @functools.cache
@@ -186,22 +251,27 @@ def _trim_heap() -> None:
         trim(0)
 
 
-def _pack(spans: list[tuple[int, int]], max_samples: int) -> list[WindowSpan]:
-    """Merge speech spans greedily into contiguous windows of at most ``max_samples``."""
-    windows: list[WindowSpan] = []
-    cur: tuple[int, int] | None = None
-    for start, end in spans:
+def _pack(spans: Iterable[tuple[int, int, bool]], max_samples: int) -> Iterator[WindowSpan]:
+    """Merge speech spans greedily into contiguous windows of at most ``max_samples``.
+
+    A window ends where its last span ends; it ends in speech when that span
+    was cut (``cut``) or split here.
+    """
+    cur: tuple[int, int, bool] | None = None
+    for start, end, cut in spans:
         # Silero's own limit keeps spans short enough; this split is a backstop
         # so a window can never exceed the limit whatever the VAD answers.
-        pieces = [(s, min(s + max_samples, end)) for s in range(start, end, max_samples)]
-        for s, e in pieces:
+        pieces = [
+            (s, min(s + max_samples, end), cut or s + max_samples < end) for s in range(start, end, max_samples)
+        ]
+        for s, e, c in pieces:
             if cur is None:
-                cur = (s, e)
+                cur = (s, e, c)
             elif e - cur[0] <= max_samples:
-                cur = (cur[0], max(cur[1], e))
+                cur = (cur[0], max(cur[1], e), c)
             else:
-                windows.append(WindowSpan(cur[0], cur[1] - cur[0]))
-                cur = (s, e)
+                yield WindowSpan(cur[0], cur[1] - cur[0], ends_in_speech=cur[2])
+                cur = (s, e, c)
     if cur is not None and cur[1] > cur[0]:
-        windows.append(WindowSpan(cur[0], cur[1] - cur[0]))
-    return windows
+        # The file's last window: nothing follows, so nothing is cut.
+        yield WindowSpan(cur[0], cur[1] - cur[0])
