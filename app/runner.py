@@ -13,6 +13,7 @@ import uvicorn
 
 from app import sdnotify
 from app.config import Config
+from app.connlimits import uvicorn_options
 from app.models import ResolvedModel, resolve_model
 from app.server import begin_drain, create_app
 from batching.types import Engine
@@ -109,6 +110,7 @@ def run_server(cfg: Config) -> int:
         # Half the shutdown budget for open requests (uploads), half for the batch on the model.
         timeout_graceful_shutdown=max(1, int(cfg.server.shutdown_timeout_s / 2)),
         lifespan="on",
+        **uvicorn_options(cfg),
     )
     server = DrainingServer(config, app)
     sdnotify.status(f"loading model {resolved.name}")

@@ -25,14 +25,17 @@ from starlette.routing import Route
 
 from app import api, openai_api
 from app.auth import AuthMiddleware, KeyStore, keys_path
+from app.authlimit import AuthFailureLimiter
 from app.config import Config
-from app.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
+from app.connlimits import BodyRateMiddleware
+from app.errors import ApiError, UnhandledErrors, api_error_handler, http_error_handler, unhandled_error_handler
 from app.events import EventHub
 from app.exports import ExportManager
 from app.ffmpeg import FfmpegPool
 from app.jobs import JobManager, ManagerLimits
 from app.looplag import LoopLagMonitor
 from app.metrics import HttpMetricsMiddleware, Metrics
+from app.ranges import RangeGuard
 from app.state import AppState
 from app.web import routes as web_routes
 from batching.types import Engine
@@ -51,7 +54,8 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     holder: dict[str, AppState] = {}
     metrics = Metrics(lag=LoopLagMonitor())  # this app's own registry, not the global one
     # Read now, so a malformed keys file fails at start, not on the first request.
-    keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s) if cfg.auth.enabled else None
+    failures = AuthFailureLimiter(cfg.auth.failures_per_minute, cfg.auth.failure_burst)
+    keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s, failures=failures) if cfg.auth.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -95,7 +99,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         sweeper_task = asyncio.create_task(sweeper.run(), name="retention")
         state.ready = True
         app.state.metrics = metrics
-        metrics.lag.start()  # owned task, stopped below
+        metrics.start(state)  # owned tasks (loop lag, batcher sampler), stopped below
         try:
             yield
         finally:
@@ -107,7 +111,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             await manager.stop(grace_s=cfg.server.shutdown_timeout_s / 2)
             await engine.stop()
             await store.close()
-            await metrics.lag.stop()
+            await metrics.stop()
             log.info("stopped")
 
     async def healthz(request: Request) -> Response:
@@ -130,8 +134,14 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         *web_routes,
     ]
     # Order, outermost first: metrics (counts 401s too), CORS (preflights need no key,
-    # and a 401 still carries the CORS headers), auth.
-    middleware = [Middleware(AuthMiddleware, cfg=cfg, keys=keys)]
+    # and a 401 still carries the CORS headers), one range at most, body rate, auth,
+    # and innermost the catch-all that keeps a 500 from dropping the connection.
+    middleware = [
+        Middleware(RangeGuard),
+        Middleware(BodyRateMiddleware, min_rate=cfg.server.min_upload_rate_bytes_s, window_s=cfg.server.timeout_body_s),
+        Middleware(AuthMiddleware, cfg=cfg, keys=keys),
+        Middleware(UnhandledErrors),
+    ]
     if cfg.auth.cors_origins:
         middleware.insert(0, Middleware(
             CORSMiddleware,

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from app.config import Config, load_config
+from app.connlimits import uvicorn_options
 from app.server import create_app
 from batching.types import Engine
 
@@ -71,7 +72,8 @@ class LiveServer:
 def start_server(cfg: Config, engine_factory: Callable[[Config], tuple[Engine, bool, str]]) -> LiveServer:
     port = free_port()
     app = create_app(cfg, engine_factory=engine_factory)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2)
+    # The same protocol and limits as `python -m app serve`.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2, **uvicorn_options(cfg))
     server = uvicorn.Server(config)
     extra: dict[str, Any] = {}
 
