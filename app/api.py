@@ -20,14 +20,15 @@ from starlette.routing import Route
 
 from app.errors import ApiError, not_found
 from app.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
-from app.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
+from app.formats import FORMATS, SegmentError, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
 from app.jobs import segment_from_dict
+from app import jsonbody
 from app.jsonbody import read_json_body
 from app.media import MediaError, check_media
 from app.options import JobOptions
 from app.state import AppState, owner_of
 from app.uploads import receive_upload
-from storage.files import atomic_write_json, free_bytes, safe_filename
+from storage.files import atomic_write_bytes, free_bytes, safe_filename
 from storage.store import FINAL_STATUSES, ExportRecord, InvalidCursor, JobRecord
 
 SSE_RETRY_MS = 3000
@@ -308,7 +309,7 @@ async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict
     if version in ("latest", "edited") and edited.exists():
         path = edited
     def load() -> dict[str, Any]:
-        return json.loads(path.read_text("utf-8"))  # type: ignore[no-any-return]
+        return jsonbody.loads(path.read_text("utf-8"))  # type: ignore[no-any-return]
 
     try:
         with state.files.pin(job.id):
@@ -328,11 +329,12 @@ async def get_transcript(request: Request) -> Response:
         raise ApiError(422, "invalid_parameter", "version must be latest, edited or original.", extra={"field": "version"})
     data = await read_transcript(state, job, version)
 
-    def render() -> str:
+    def render() -> bytes:
         segments = [segment_from_dict(s) for s in data.get("segments", [])]
         if fmt == "json":
-            return to_json(segments, language=data.get("language"), duration_s=data.get("duration_s"))
-        return RENDERERS[fmt](segments)
+            # to_json's text, encoded a segment at a time (app/jsonbody.py says why)
+            return jsonbody.dumps(transcript_to_dict(segments, language=data.get("language"), duration_s=data.get("duration_s")), compact=False)
+        return RENDERERS[fmt](segments).encode("utf-8")
 
     body = await anyio.to_thread.run_sync(render)
     media_type = FORMATS[fmt][0]
@@ -371,11 +373,12 @@ async def put_transcript(request: Request) -> Response:
         language = raw.get("language") if isinstance(raw, dict) and isinstance(raw.get("language"), str) else job.language
         transcript = transcript_to_dict(segments, language=language, duration_s=job.duration_s)
         transcript["edited_at"] = iso(time.time())
+        body = jsonbody.dumps(transcript)
         try:
-            atomic_write_json(state.files.edited_path(job.id), transcript)
+            atomic_write_bytes(state.files.edited_path(job.id), body)
         except FileNotFoundError:
             raise not_found("job") from None  # deleted while we validated
-        return JSONResponse(transcript).body
+        return body
 
     body = await anyio.to_thread.run_sync(validate_and_write)
     return Response(body, media_type="application/json")
