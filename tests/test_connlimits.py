@@ -119,7 +119,7 @@ def test_trickling_uploads_are_cut(make_server: Callable[..., LiveServer]) -> No
         for sock in socks:
             sock.settimeout(5)
             answers.append(read_all(sock))
-        assert time.monotonic() - t0 < 8
+        assert time.monotonic() - t0 < 20  # cut after ~2 s; generous for a loaded 2-core box
     finally:
         for sock in socks:
             sock.close()
