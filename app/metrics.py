@@ -112,7 +112,7 @@ class Metrics:
         # with their final event (jobs recovered after a restart have none).
         self._job_started: dict[str, float] = {}
         self._export_started: dict[str, float] = {}
-        self._last_totals: tuple[float, ...] | None = None
+        self._last_totals: dict[str, tuple[float, float]] = {}  # per histogram: (count, sum) observed so far
         self._sampler: asyncio.Task[None] | None = None
         self._scraped = _Scraped()
         self.registry.register(_StateCollector(self))
@@ -146,24 +146,27 @@ class Metrics:
     def sample_batcher(self, stats: Any) -> None:
         """Turn the batcher's running totals into per-batch observations.
 
-        The batcher keeps sums, not samples; read every SAMPLE_INTERVAL_S, a
-        batch (0.1-1 s each) usually is the only new one, and its time is then
-        exact. When several finished in one interval each gets their mean; the
-        histogram sums stay exact either way.
+        The batcher keeps sums, not samples. Read every SAMPLE_INTERVAL_S (and
+        at each scrape), a batch (0.1-1 s each) usually is the only one that
+        finished since the last read, and its time is then exact; when several
+        did, each gets their mean. A batch counts once its time is in: the one
+        on the model now (one model thread, so at most one) is left for later,
+        and time that arrives before its count waits for it, so the sums stay exact.
         """
-        totals = (
-            float(_stat(stats, "batches_run")), float(_stat(stats, "total_run_s")), float(_stat(stats, "total_prepare_s")),
-            float(_stat(stats, "items_run", "completed")), float(_stat(stats, "total_wait_s")),
-        )
-        last, self._last_totals = self._last_totals, totals
-        if last is None:
+        running = 1 if _stat(stats, "running") else 0
+        self._observe(self.batch_run, "run", _stat(stats, "batches_run") - running, _stat(stats, "total_run_s"))
+        self._observe(self.batch_prepare, "prepare", _stat(stats, "batches_run"), _stat(stats, "total_prepare_s"))
+        self._observe(self.window_wait, "wait", _stat(stats, "items_run", "completed"), _stat(stats, "total_wait_s"))
+
+    def _observe(self, histogram: Histogram, name: str, count: float, total: float) -> None:
+        last_count, last_total = self._last_totals.get(name, (0.0, 0.0))
+        n = int(count - last_count)
+        if n <= 0:
             return
-        batches, items = int(totals[0] - last[0]), int(totals[3] - last[3])
-        for _ in range(max(0, batches)):
-            self.batch_run.observe((totals[1] - last[1]) / batches)
-            self.batch_prepare.observe((totals[2] - last[2]) / batches)
-        for _ in range(max(0, items)):
-            self.window_wait.observe((totals[4] - last[4]) / items)
+        mean = max(0.0, (float(total) - last_total) / n)
+        for _ in range(n):
+            histogram.observe(mean)
+        self._last_totals[name] = (float(count), float(total))
 
     def start(self, state: Any) -> None:
         """Start the owned tasks: loop lag, and the batcher sampler; stop them with ``stop``."""
@@ -188,6 +191,7 @@ class Metrics:
     async def render(self, state: Any) -> bytes:
         scraped = _Scraped(state=state)
         if state is not None:
+            self.sample_batcher(state.engine.stats)  # a scrape sees every batch finished before it
             for status in JOB_STATUSES:
                 scraped.jobs[status] = await state.store.count_jobs((status,))
         self._scraped = scraped

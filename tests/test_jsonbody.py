@@ -42,9 +42,9 @@ def test_large_transcript_does_not_stall_the_loop(make_server: Callable[..., Liv
         job = client.post("/v1/jobs", files={"file": ("s.wav", wav.read_bytes())}).json()
         duration = wait_done(client, job["id"])["duration_s"]
         step = duration / 20_000
-        segments = [{"start": i * step, "end": (i + 1) * step, "text": f"line {i}: " + "a long edited transcript line " * 12} for i in range(20_000)]
+        segments = [{"start": i * step, "end": (i + 1) * step, "text": f"line {i}: " + "a long edited transcript line " * 23} for i in range(20_000)]
         body = json.dumps({"segments": segments}).encode()
-        assert len(body) > 8 << 20
+        assert len(body) > 14 << 20
         with HealthProbe(live) as probe:
             t0 = time.perf_counter()
             r = client.put(f"/v1/jobs/{job['id']}/transcript", content=body, headers={"Content-Type": "application/json"}, timeout=120)
@@ -55,4 +55,6 @@ def test_large_transcript_does_not_stall_the_loop(make_server: Callable[..., Liv
             get_s = time.perf_counter() - t0
             assert r.status_code == 200 and len(r.json()["segments"]) == 20_000
     print(f"PUT {len(body) >> 20} MB in {put_s:.2f} s, GET in {get_s:.2f} s; worst /healthz {probe.worst * 1000:.0f} ms over {len(probe.times)} probes")
-    assert probe.worst < 0.25, probe.worst
+    # Parsed, validated and written on the loop, this stalled /healthz 0.66 s on a
+    # loaded 2-core machine (0.16 s now, the noise of that machine).
+    assert probe.worst < 0.5, probe.worst

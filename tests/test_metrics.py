@@ -172,13 +172,17 @@ def test_sampler_turns_totals_into_observations() -> None:
     from app.metrics import Metrics
 
     m = Metrics()
-    stats = SimpleNamespace(batches_run=0, total_run_s=0.0, total_prepare_s=0.0, items_run=0, total_wait_s=0.0)
+    stats = SimpleNamespace(batches_run=0, running=0, total_run_s=0.0, total_prepare_s=0.0, items_run=0, total_wait_s=0.0)
     m.sample_batcher(stats)
-    stats.batches_run, stats.total_run_s, stats.items_run, stats.total_wait_s = 1, 0.3, 4, 2.0
+    stats.batches_run, stats.running, stats.items_run = 1, 4, 4  # on the model: its time is not in yet
+    m.sample_batcher(stats)
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_count") == 0
+    stats.running, stats.total_run_s, stats.total_wait_s = 0, 0.3, 2.0
     m.sample_batcher(stats)
     stats.batches_run, stats.total_run_s = 3, 0.5  # two batches in one interval: 0.1 s each
     m.sample_batcher(stats)
     assert m.registry.get_sample_value("altyazi_batch_run_seconds_count") == 3
     assert m.registry.get_sample_value("altyazi_batch_run_seconds_sum") == pytest.approx(0.5)
     assert m.registry.get_sample_value("altyazi_batch_run_seconds_bucket", {"le": "0.1"}) == 2
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_bucket", {"le": "0.25"}) == 2
     assert m.registry.get_sample_value("altyazi_window_wait_seconds_count") == 4
