@@ -218,7 +218,8 @@ async def job_events(request: Request) -> Response:
         return Response(media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     try:
-        after = max(0, int(raw_last))
+        # Clamped: SQLite integers are 64-bit, and a 400-digit id failed the stream.
+        after = min(max(0, int(raw_last)), 2**62)
     except ValueError:
         after = 0
     heartbeat = state.cfg.server.sse_heartbeat_s

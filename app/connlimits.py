@@ -70,6 +70,19 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel_head_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # h11 checks its limit only on a head that is still incomplete, so one that
+        # arrives whole in a single read (up to 256 kB here) would pass: measure it.
+        limit = self.config.h11_max_incomplete_event_size
+        if limit and self.conn.their_state is h11.IDLE:
+            pending = self.conn.trailing_data[0] + data
+            end = pending.find(b"\r\n\r\n")
+            if (end if end >= 0 else len(pending)) > limit:
+                self._unset_keepalive_if_required()
+                self._refuse_head(431)
+                return
+        super().data_received(data)
+
     def handle_events(self) -> None:
         busy = self._limit is not None and (len(self.connections) > self._limit or len(self.tasks) >= self._limit)
         self.app = _server_busy if busy else self._app
@@ -82,19 +95,21 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         # h11 refuses a head past its buffer limit with this same error; say which it was.
-        pending = len(getattr(self.conn, "_receive_buffer", b""))
-        too_big = pending >= self.config.h11_max_incomplete_event_size if self.config.h11_max_incomplete_event_size else False
-        status, body = (
-            (431, _json("headers_too_large", f"The request line and headers are larger than {self.config.h11_max_incomplete_event_size} bytes."))
-            if too_big
-            else (400, _json("bad_request", "The request is not valid HTTP/1.1."))
-        )
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        limit = self.config.h11_max_incomplete_event_size
+        self._refuse_head(431 if limit and len(self.conn.trailing_data[0]) >= limit else 400)
+
+    def _refuse_head(self, status: int) -> None:
+        if status == 431:
+            body = _json("headers_too_large", f"The request line and headers are larger than {self.config.h11_max_incomplete_event_size} bytes.")
+        else:
+            body = _json("bad_request", "The request is not valid HTTP/1.1.")
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
         try:
             for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
         except h11.LocalProtocolError:
-            pass  # h11 cannot answer in this state; closing is the answer
+            # h11 will not answer before it has seen a request; write the same bytes itself.
+            self.transport.write(b"HTTP/1.1 %d \r\n" % status + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
         self.transport.close()
 
     def _arm_head_timer(self) -> None:

@@ -7,6 +7,7 @@ cut from one, at the start of the module.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -345,3 +346,46 @@ def test_corrupt_database_is_one_line(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("altyazi: the job index"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+RANGES_10K = ",".join(f"{2 * i}-{2 * i}" for i in range(10_000))
+RANGES_1K = ",".join(f"{2 * i}-{2 * i}" for i in range(1_000))
+HOSTILE_REQUESTS = [
+    # (case, raw request, status, code); the modules named hold the thorough tests.
+    ("range_10k", f"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes={RANGES_10K}\r\n\r\n", 431, "headers_too_large"),  # test_ranges
+    ("range_1k", f"GET /static/app.js HTTP/1.1\r\nHost: x\r\nRange: bytes={RANGES_1K}\r\n\r\n", 416, "range_not_satisfiable"),
+    ("range_backwards", "GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=9-3\r\n\r\n", 416, "range_not_satisfiable"),
+    ("range_past_end", "GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=99999999-\r\n\r\n", 416, "range_not_satisfiable"),
+    ("header_4mb", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + "a" * (4 << 20) + "\r\n\r\n", 431, "headers_too_large"),  # test_connlimits
+    ("not_http", "GET / HTTP/1.1\r\nno colon\r\n\r\n", 400, "bad_request"),
+    ("huge_content_length", "PUT /v1/jobs/x/transcript HTTP/1.1\r\nHost: x\r\nContent-Length: " + "9" * 400 + "\r\n\r\n", 400, "bad_request"),  # h11 refuses it
+]
+
+
+@pytest.mark.parametrize(("case", "request_text", "status", "code"), HOSTILE_REQUESTS, ids=[c[0] for c in HOSTILE_REQUESTS])
+def test_hostile_requests(server: LiveServer, case: str, request_text: str, status: int, code: str) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        try:
+            sock.sendall(request_text.encode("latin-1"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == status, data[:300]
+    assert json.loads(body[: int(re.search(rb"(?i)content-length: (\d+)", head).group(1))])["error"]["code"] == code  # type: ignore[union-attr]
+    with server.client() as client:
+        assert client.get("/healthz").status_code == 200
+
+
+def test_huge_last_event_id(server: LiveServer, corpus: dict[str, Path]) -> None:
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+        for value in ("9" * 400, "9" * 5000, "-5", "1e9"):
+            r = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": value})
+            assert r.status_code == 200 and r.text.startswith("retry:"), r.text[:200]

@@ -48,6 +48,21 @@ def closed_within(sock: socket.socket, seconds: float) -> float:
     return time.monotonic() - t0
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One response, read up to the end of its Content-Length (the connection may stay open)."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def response(data: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
@@ -149,7 +164,7 @@ def test_a_steady_slow_upload_is_not_cut(make_server: Callable[..., LiveServer])
             sock.sendall(b" " * 500)
             time.sleep(0.25)
         sock.settimeout(5)
-        status, body = response(sock.recv(65536))
+        status, body = response(read_response(sock))
     assert status == 415 and body["error"]["code"] == "not_media"  # read to the end, then refused: not a 408
 
 
