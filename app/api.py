@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import secrets
 import time
@@ -18,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app import jsonbody
 from app.errors import ApiError, not_found
 from app.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Shutdown, format_sse, format_sse_unnumbered
 from app.formats import FORMATS, SegmentError, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
 from app.jobs import segment_from_dict
-from app import jsonbody
 from app.jsonbody import read_json_body
 from app.media import MediaError, check_media
 from app.options import JobOptions
@@ -309,6 +308,7 @@ async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict
         raise ApiError(404, "no_edited_transcript", "This transcript has not been edited; ask for version=original.")
     if version in ("latest", "edited") and edited.exists():
         path = edited
+
     def load() -> dict[str, Any]:
         return jsonbody.loads(path.read_text("utf-8"))  # type: ignore[no-any-return]
 

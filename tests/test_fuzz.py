@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import string
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
