@@ -27,12 +27,12 @@ import time
 from typing import Any
 
 import h11
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.config import Config
 from app.errors import ApiError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def _json(code: str, message: str) -> bytes:
