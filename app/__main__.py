@@ -60,7 +60,9 @@ def serve(cfg: Config) -> int:
     from app.serving import run_server
 
     setup_logging(cfg.server.log_level, cfg.server.log_format)
-    problem = check_auth(cfg)
+    from app.preflight import database_problem
+
+    problem = check_auth(cfg) or database_problem(cfg.storage.data_dir)
     if problem is not None:
         print(f"altyazi: {problem}", file=sys.stderr)
         return 2

@@ -26,8 +26,10 @@ from starlette.routing import Route
 from app.api import routes as api
 from app.api import openai_routes as openai_api
 from app.api.auth import AuthMiddleware, KeyStore, keys_path
+from app.api.authlimit import AuthFailureLimiter
+from app.api.connlimits import BodyRateMiddleware
 from app.config import Config
-from app.api.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
+from app.api.errors import ApiError, UnhandledErrors, api_error_handler, http_error_handler, unhandled_error_handler
 from app.media.probe import MediaError
 from app.pipeline.errors import PipelineError
 from app.pipeline.events import EventHub
@@ -37,6 +39,7 @@ from app.pipeline.jobs import JobManager, ManagerLimits
 from app.pipeline.options import DecodingDefaults
 from app.api.looplag import LoopLagMonitor
 from app.api.metrics import HttpMetricsMiddleware, Metrics
+from app.api.ranges import RangeGuard
 from app.api.state import AppState
 from app.api.page import routes as web_routes
 from batching.types import Engine
@@ -55,7 +58,8 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     holder: dict[str, AppState] = {}
     metrics = Metrics(lag=LoopLagMonitor())  # this app's own registry, not the global one
     # Read now, so a malformed keys file fails at start, not on the first request.
-    keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s) if cfg.auth.enabled else None
+    failures = AuthFailureLimiter(cfg.auth.failures_per_minute, cfg.auth.failure_burst)
+    keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s, failures=failures) if cfg.auth.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,7 +110,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         sweeper_task = asyncio.create_task(sweeper.run(), name="retention")
         state.ready = True
         app.state.metrics = metrics
-        metrics.lag.start()  # owned task, stopped below
+        metrics.start(state)  # owned tasks (loop lag, batcher sampler), stopped below
         try:
             yield
         finally:
@@ -118,7 +122,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             await manager.stop(grace_s=cfg.server.shutdown_timeout_s / 2)
             await engine.stop()
             await store.close()
-            await metrics.lag.stop()
+            await metrics.stop()
             log.info("stopped")
 
     async def healthz(request: Request) -> Response:
@@ -141,8 +145,14 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         *web_routes,
     ]
     # Order, outermost first: metrics (counts 401s too), CORS (preflights need no key,
-    # and a 401 still carries the CORS headers), auth.
-    middleware = [Middleware(AuthMiddleware, cfg=cfg, keys=keys)]
+    # and a 401 still carries the CORS headers), one range at most, body rate, auth,
+    # and innermost the catch-all that keeps a 500 from dropping the connection.
+    middleware = [
+        Middleware(RangeGuard),
+        Middleware(BodyRateMiddleware, min_rate=cfg.server.min_upload_rate_bytes_s, window_s=cfg.server.timeout_body_s),
+        Middleware(AuthMiddleware, cfg=cfg, keys=keys),
+        Middleware(UnhandledErrors),
+    ]
     if cfg.auth.cors_origins:
         middleware.insert(0, Middleware(
             CORSMiddleware,

@@ -29,6 +29,13 @@ class ServerConfig:
     sse_heartbeat_s: float = 15.0
     log_level: str = "info"
     log_format: str = "text"
+    # Connection limits (app/api/connlimits.py).
+    limit_concurrency: int = 1000  # connections (and requests) at once; 0 = no limit
+    h11_max_incomplete_event_size: int = 16384  # bytes of request line + headers
+    timeout_keep_alive_s: float = 5.0
+    timeout_headers_s: float = 10.0
+    timeout_body_s: float = 30.0
+    min_upload_rate_bytes_s: float = 1024.0
 
 
 @dataclass
@@ -82,6 +89,7 @@ class LimitsConfig:
     max_active_jobs_per_key: int = 4
     max_queued_jobs_per_key: int = 100
     max_exports_per_key: int = 4  # queued + rendering, per key (the one anonymous owner too)
+    max_transcript_mb: float = 16.0
 
 
 @dataclass
@@ -97,6 +105,8 @@ class AuthConfig:
     rate_limit_burst: int = 60
     max_sse_per_key: int = 16
     cache_ttl_s: float = 60.0
+    failures_per_minute: float = 10.0  # wrong secrets per key id and per client address; 0 = unlimited
+    failure_burst: int = 20
 
 
 @dataclass
@@ -117,6 +127,12 @@ class Config:
         _check(s.sse_heartbeat_s > 0, "server.sse_heartbeat_s", s.sse_heartbeat_s, "> 0")
         _check(s.log_level in {"debug", "info", "warning", "error"}, "server.log_level", s.log_level, "debug, info, warning or error")
         _check(s.log_format in {"text", "json"}, "server.log_format", s.log_format, "text or json")
+        _check(s.limit_concurrency >= 0, "server.limit_concurrency", s.limit_concurrency, ">= 0 (0 = no limit)")
+        _check(1024 <= s.h11_max_incomplete_event_size <= 1 << 20, "server.h11_max_incomplete_event_size", s.h11_max_incomplete_event_size, "from 1024 to 1048576 bytes")
+        _check(s.timeout_keep_alive_s > 0, "server.timeout_keep_alive_s", s.timeout_keep_alive_s, "> 0")
+        _check(s.timeout_headers_s > 0, "server.timeout_headers_s", s.timeout_headers_s, "> 0")
+        _check(s.timeout_body_s > 0, "server.timeout_body_s", s.timeout_body_s, "> 0")
+        _check(s.min_upload_rate_bytes_s >= 0, "server.min_upload_rate_bytes_s", s.min_upload_rate_bytes_s, ">= 0")
         _check(bool(m.name.strip()), "model.name", m.name, "a model name or folder")
         _check(m.device in {"auto", "cpu", "cuda"}, "model.device", m.device, "auto, cpu or cuda")
         _check(m.cpu_threads >= 0, "model.cpu_threads", m.cpu_threads, ">= 0")
@@ -141,11 +157,14 @@ class Config:
         _check(lim.max_active_jobs_per_key >= 1, "limits.max_active_jobs_per_key", lim.max_active_jobs_per_key, ">= 1")
         _check(lim.max_queued_jobs_per_key >= 1, "limits.max_queued_jobs_per_key", lim.max_queued_jobs_per_key, ">= 1")
         _check(lim.max_exports_per_key >= 1, "limits.max_exports_per_key", lim.max_exports_per_key, ">= 1")
+        _check(lim.max_transcript_mb > 0, "limits.max_transcript_mb", lim.max_transcript_mb, "> 0")
         au = self.auth
         _check(au.rate_limit_per_minute >= 0, "auth.rate_limit_per_minute", au.rate_limit_per_minute, ">= 0 (0 = unlimited)")
         _check(au.rate_limit_burst >= 1, "auth.rate_limit_burst", au.rate_limit_burst, ">= 1")
         _check(au.max_sse_per_key >= 1, "auth.max_sse_per_key", au.max_sse_per_key, ">= 1")
         _check(au.cache_ttl_s >= 0, "auth.cache_ttl_s", au.cache_ttl_s, ">= 0")
+        _check(au.failures_per_minute >= 0, "auth.failures_per_minute", au.failures_per_minute, ">= 0 (0 = unlimited)")
+        _check(au.failure_burst >= 1, "auth.failure_burst", au.failure_burst, ">= 1")
         for origin in au.cors_origins:
             _check(
                 origin == "*" or (origin.startswith(("http://", "https://")) and not origin.endswith("/")),

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from app import sdnotify
 from app.config import Config
+from app.api.connlimits import uvicorn_options
 from app.model_files import ResolvedModel, resolve_model
 from app.application import begin_drain, create_app
 from batching.batcher import BatcherOptions
@@ -97,6 +98,7 @@ def run_server(cfg: Config) -> int:
         # Half the shutdown budget for open requests (uploads), half for the batch on the model.
         timeout_graceful_shutdown=max(1, int(cfg.server.shutdown_timeout_s / 2)),
         lifespan="on",
+        **uvicorn_options(cfg),
     )
     server = DrainingServer(config, app)
     sdnotify.status(f"loading model {resolved.name}")

@@ -7,9 +7,11 @@ mid-body and client disconnects need to be tested for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import pytest
 import uvicorn
 
 from app.config import Config, load_config
+from app.api.connlimits import uvicorn_options
 from app.application import create_app
 from batching.types import Engine
 
@@ -73,7 +76,8 @@ class LiveServer:
 def start_server(cfg: Config, engine_factory: Callable[[Config], tuple[Engine, bool, str]]) -> LiveServer:
     port = free_port()
     app = create_app(cfg, engine_factory=engine_factory)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2)
+    # The same protocol and limits as `python -m app serve`.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2, **uvicorn_options(cfg))
     server = uvicorn.Server(config)
     extra: dict[str, Any] = {}
 
@@ -228,3 +232,49 @@ async def settle() -> None:
     """Let every task that can run do so (a few loop turns; no waiting on time)."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``mnt`` (root only; skips the test where it cannot mount)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+class HealthProbe:
+    """Times GET /healthz in a thread, back to back, while a test attacks the server."""
+
+    def __init__(self, live: LiveServer, pause_s: float = 0.005) -> None:
+        self.live = live
+        self.pause_s = pause_s
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with self.live.client() as client:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                self.times.append(time.perf_counter() - t0)
+                time.sleep(self.pause_s)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        while not self.times and self._thread.is_alive():
+            time.sleep(0.01)  # measuring from the first answer on
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def worst(self) -> float:
+        return max(self.times)

@@ -7,8 +7,12 @@ cut from one, at the start of the module.
 from __future__ import annotations
 
 import errno
+import json
+import re
 import socket
 import subprocess
+import sys
+import time
 import wave
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +20,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.conftest import FinishedRequests, LiveServer, wait_done
+from tests.conftest import REPO, FinishedRequests, LiveServer, free_port, tmpfs, wait_done, wait_export
 from tests.hostile import SECRET_WORDS, Hostile, OpenWatch, external_data_mp4, lying_mkv, make_hostile
 from tests.media import make_video_with_speech, speak
 
@@ -334,3 +338,194 @@ def test_a_disk_that_fills_during_an_upload_is_507(
     monkeypatch.undo()
     with server.client() as client:  # the disk has room again: the same upload goes through
         assert upload(client, big_wav).status_code == 202
+
+
+# ---- hostile requests (issue 17): each was a 500, a traceback or a stall ----------------
+
+
+def done_job(client: httpx.Client, corpus: dict[str, Path]) -> str:
+    job_id = upload(client, corpus["mp4"]).json()["id"]
+    assert wait_done(client, job_id)["status"] == "done"
+    return job_id
+
+
+def raw(server: LiveServer, text: str) -> bytes:
+    """Everything the server sends back on one connection (the request must end it)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(text.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+HOSTILE_JSON = [
+    ("deep_nesting", b'{"segments": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "invalid_json"),
+    ("deep_but_parsable", b'{"segments": [{"start": 0, "end": 1, "text": "a", "x": ' + b"[" * 40 + b"]" * 40 + b"}]}", 400, "invalid_json"),
+    ("huge_integer", b'{"segments": [{"start": ' + b"9" * 400 + b', "end": 1, "text": "a"}]}', 400, "invalid_json"),
+    ("huge_float", b'{"segments": [{"start": 1e400, "end": 1, "text": "a"}]}', 400, "invalid_json"),
+    ("nan", b'{"segments": [{"start": NaN, "end": 1, "text": "a"}]}', 400, "invalid_json"),
+    ("lone_surrogate", b'{"segments": [{"start": 0, "end": 1, "text": "a\\ud800b"}]}', 400, "invalid_json"),
+    ("surrogate_key", b'{"segments": [], "\\udfff": 1}', 400, "invalid_json"),
+    ("not_utf8", b'{"segments": [{"start": 0, "end": 1, "text": "\xff"}]}', 400, "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "code"), HOSTILE_JSON, ids=[c[0] for c in HOSTILE_JSON])
+def test_hostile_json_bodies(server: LiveServer, corpus: dict[str, Path], case: str, body: bytes, status: int, code: str) -> None:
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+        for method, path in (("PUT", f"/v1/jobs/{job_id}/transcript"), ("POST", f"/v1/jobs/{job_id}/exports")):
+            r = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == status, (method, r.status_code, r.text[:200])
+            assert r.json()["error"]["code"] == code
+        assert client.get(f"/v1/jobs/{job_id}/transcript", params={"format": "srt"}).status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+def test_huge_integer_in_export_options(server: LiveServer, corpus: dict[str, Path]) -> None:
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+        for crf in ("1" + "0" * 400, "10" * 9):
+            r = client.post(f"/v1/jobs/{job_id}/exports", content=b'{"mode": "burn", "crf": ' + crf.encode() + b"}",
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+            assert r.status_code in (400, 422), r.text
+            assert r.json()["error"]["code"] in ("invalid_json", "invalid_export_option")
+
+
+def test_transcript_body_over_the_limit(make_server: Callable[..., LiveServer], corpus: dict[str, Path]) -> None:
+    server = make_server(**{"limits.max_transcript_mb": 0.01})
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+        segments = [{"start": i * 0.01, "end": i * 0.01 + 0.01, "text": "word"} for i in range(500)]
+        r = client.put(f"/v1/jobs/{job_id}/transcript", json={"segments": segments})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+def test_delete_racing_a_body(server: LiveServer, corpus: dict[str, Path], method: str) -> None:
+    # The request passes its job lookup, then the job is deleted while its body is still on the way.
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+    body = b'{"segments": [{"start": 0.1, "end": 0.9, "text": "edited"}]}' if method == "PUT" else b'{"mode": "soft"}'
+    path = f"/v1/jobs/{job_id}/transcript" if method == "PUT" else f"/v1/jobs/{job_id}/exports"
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body[:5])
+        time.sleep(0.3)
+        with server.client() as client:
+            assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+        sock.sendall(body[5:])
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split()[1])
+    assert status == 404, data[:300]
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["error"]["code"] == "job_not_found"
+    assert not server.state.files.job_dir(job_id).exists()
+
+
+def test_unexpected_error_keeps_the_connection(server: LiveServer) -> None:
+    # A fault injected into one call (a fake, as no real input reaches a 500 any more).
+    store = server.state.store
+    real = store.list_jobs
+
+    async def broken(*a: Any, **kw: Any) -> Any:
+        raise RuntimeError("injected")
+
+    store.list_jobs = broken
+    try:
+        with server.client() as client:
+            r = client.get("/v1/jobs")
+            assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+            assert "injected" not in r.text
+            assert r.headers.get("connection") != "close"
+            assert client.get("/healthz").status_code == 200
+        data = raw(server, "GET /v1/jobs HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        # Both answered on one connection: the 500 did not drop it.
+        assert data.startswith(b"HTTP/1.1 500") and b"HTTP/1.1 200" in data, data[:400]
+    finally:
+        store.list_jobs = real
+
+
+@pytest.fixture
+def read_only_jobs(tmp_path: Path) -> Any:
+    """data/jobs on its own tmpfs, remounted read-only by the test (root only)."""
+    with tmpfs(tmp_path / "data" / "jobs", "64m") as jobs:
+        yield jobs
+
+
+def test_read_only_jobs_folder(make_server: Callable[..., LiveServer], read_only_jobs: Path, corpus: dict[str, Path]) -> None:
+    server = make_server(data_dir=read_only_jobs.parent)
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+        subprocess.run(["mount", "-o", "remount,ro", str(read_only_jobs)], check=True)
+        r = upload(client, corpus["wav"])
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+        assert r.headers["retry-after"]
+        r = client.put(f"/v1/jobs/{job_id}/transcript", json={"segments": [{"start": 0.1, "end": 0.9, "text": "x"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+        r = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "soft", "container": "mkv"})
+        assert r.status_code == 202, r.text
+        export = wait_export(client, job_id, r.json()["id"], timeout=20)  # not stuck in "queued"
+        assert export["status"] == "failed", export
+        assert client.get("/healthz").status_code == 200
+
+
+def test_corrupt_database_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "altyazi.db").write_bytes(b"this is not a database, " * 200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--data-dir", str(data), "--port", str(free_port()), "--model", "tiny.en"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("altyazi: the job index"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+RANGES_10K = ",".join(f"{2 * i}-{2 * i}" for i in range(10_000))
+RANGES_1K = ",".join(f"{2 * i}-{2 * i}" for i in range(1_000))
+HOSTILE_REQUESTS = [
+    # (case, raw request, status, code); the modules named hold the thorough tests.
+    ("range_10k", f"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes={RANGES_10K}\r\n\r\n", 431, "headers_too_large"),  # test_ranges
+    ("range_1k", f"GET /static/app.js HTTP/1.1\r\nHost: x\r\nRange: bytes={RANGES_1K}\r\n\r\n", 416, "range_not_satisfiable"),
+    ("range_backwards", "GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=9-3\r\n\r\n", 416, "range_not_satisfiable"),
+    ("range_past_end", "GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=99999999-\r\n\r\n", 416, "range_not_satisfiable"),
+    ("header_4mb", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + "a" * (4 << 20) + "\r\n\r\n", 431, "headers_too_large"),  # test_connlimits
+    ("not_http", "GET / HTTP/1.1\r\nno colon\r\n\r\n", 400, "bad_request"),
+    ("huge_content_length", "PUT /v1/jobs/x/transcript HTTP/1.1\r\nHost: x\r\nContent-Length: " + "9" * 400 + "\r\n\r\n", 400, "bad_request"),  # h11 refuses it
+]
+
+
+@pytest.mark.parametrize(("case", "request_text", "status", "code"), HOSTILE_REQUESTS, ids=[c[0] for c in HOSTILE_REQUESTS])
+def test_hostile_requests(server: LiveServer, case: str, request_text: str, status: int, code: str) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        try:
+            sock.sendall(request_text.encode("latin-1"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == status, data[:300]
+    assert json.loads(body[: int(re.search(rb"(?i)content-length: (\d+)", head).group(1))])["error"]["code"] == code  # type: ignore[union-attr]
+    with server.client() as client:
+        assert client.get("/healthz").status_code == 200
+
+
+def test_huge_last_event_id(server: LiveServer, corpus: dict[str, Path]) -> None:
+    with server.client() as client:
+        job_id = done_job(client, corpus)
+        for value in ("9" * 400, "9" * 5000, "-5", "1e9"):
+            r = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": value})
+            assert r.status_code == 200 and r.text.startswith("retry:"), r.text[:200]

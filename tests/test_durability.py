@@ -13,7 +13,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, wait_done, wait_event, wait_export
+from tests.conftest import LiveServer, tmpfs, wait_done, wait_event, wait_export
 from tests.media import VARIED_SENTENCES, make_long_speech, speak
 from tests.procserver import ServerProcess
 
@@ -128,15 +128,8 @@ def test_draining_server_refuses_uploads(make_server: Callable[..., LiveServer],
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
-    try:
+    with tmpfs(tmp_path / "small", "12m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_fails_only_that_job(make_server: Callable[..., LiveServer], small_disk: Path, tmp_path: Path) -> None:

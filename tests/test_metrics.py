@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.looplag import LoopLagMonitor
-from tests.conftest import LiveServer, wait_done
+from tests.conftest import LiveServer, wait_done, wait_export
 from tests.media import speak
 
 
@@ -76,13 +76,13 @@ def test_metrics_move_after_a_job(make_server: Callable[..., LiveServer], wav: P
         "altyazi_uploads_in_flight",
         "altyazi_sse_streams_open",
         "altyazi_event_loop_lag_seconds_bucket",
-        "altyazi_event_loop_lag_max_seconds",
         "altyazi_http_request_duration_seconds_bucket",
         "process_resident_memory_bytes",
     ):
         assert name in after, name
     assert value(after, "altyazi_event_loop_lag_seconds_count") > 0  # the monitor runs in the lifespan
-    assert value(after, "altyazi_event_loop_lag_max_seconds") < 1.0
+    # No lag past 1 s: every sample is in the le="1.0" bucket.
+    assert value(after, "altyazi_event_loop_lag_seconds_bucket", le="1.0") == value(after, "altyazi_event_loop_lag_seconds_count")
 
 
 def test_unmatched_and_wrong_method_use_bounded_labels(make_server: Callable[..., LiveServer]) -> None:
@@ -136,3 +136,53 @@ def test_loop_lag_histogram_is_cumulative() -> None:
     assert bounds[5.0] == 5 and snap.count == 6  # 7 s only lands in +Inf
     assert snap.max_s == 7.0
     assert snap.p99_s == 7.0
+
+
+def test_static_routes_finished_jobs_and_exports(make_server: Callable[..., LiveServer], wav: Path) -> None:
+    live = make_server()
+    with live.client() as client:
+        assert client.get("/static/app.js").status_code == 200
+        with open(wav, "rb") as fh:
+            job_id = client.post("/v1/jobs", files={"file": ("speech.wav", fh)}, data={"vad": "false"}).json()["id"]
+        assert wait_done(client, job_id)["status"] == "done"
+        export_id = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "soft", "container": "mkv"}).json()["id"]
+        assert wait_export(client, job_id, export_id)["status"] == "done"
+        time.sleep(0.3)  # one sampler pass after the last batch
+        samples = scrape(client)
+    # Static files are their mount's route, not "unmatched".
+    assert value(samples, "altyazi_http_requests_total", route="/static", method="GET", status="200") == 1
+    assert not [s for s in samples["altyazi_http_requests_total"] if s.labels["route"] == "unmatched"]
+    assert value(samples, "altyazi_jobs_finished_total", status="done") == 1
+    assert value(samples, "altyazi_jobs_finished_total", status="failed") == 0
+    assert value(samples, "altyazi_job_duration_seconds_count", status="done") == 1
+    assert value(samples, "altyazi_exports_created_total") == 1
+    assert value(samples, "altyazi_exports_finished_total", status="done") == 1
+    assert value(samples, "altyazi_export_duration_seconds_count", status="done") == 1
+    assert value(samples, "altyazi_exports_active") == 0
+    # Histograms with buckets, not count/sum summaries; no precomputed quantile gauges.
+    for name in ("altyazi_batch_run_seconds", "altyazi_batch_prepare_seconds", "altyazi_window_wait_seconds"):
+        assert f"{name}_bucket" in samples, name
+    assert value(samples, "altyazi_window_wait_seconds_count") >= 1
+    assert "altyazi_event_loop_lag_p99_seconds" not in samples and "altyazi_event_loop_lag_max_seconds" not in samples
+
+
+def test_sampler_turns_totals_into_observations() -> None:
+    from types import SimpleNamespace
+
+    from app.api.metrics import Metrics
+
+    m = Metrics()
+    stats = SimpleNamespace(batches_run=0, running=0, total_run_s=0.0, total_prepare_s=0.0, items_run=0, total_wait_s=0.0)
+    m.sample_batcher(stats)
+    stats.batches_run, stats.running, stats.items_run = 1, 4, 4  # on the model: its time is not in yet
+    m.sample_batcher(stats)
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_count") == 0
+    stats.running, stats.total_run_s, stats.total_wait_s = 0, 0.3, 2.0
+    m.sample_batcher(stats)
+    stats.batches_run, stats.total_run_s = 3, 0.5  # two batches in one interval: 0.1 s each
+    m.sample_batcher(stats)
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_count") == 3
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_sum") == pytest.approx(0.5)
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_bucket", {"le": "0.1"}) == 2
+    assert m.registry.get_sample_value("altyazi_batch_run_seconds_bucket", {"le": "0.25"}) == 2
+    assert m.registry.get_sample_value("altyazi_window_wait_seconds_count") == 4

@@ -50,6 +50,10 @@ def test_unit_promises() -> None:
     assert one["ProtectSystem"] == "strict"
     assert int(one["LimitNOFILE"]) >= 65536
     assert "AF_UNIX" in one["RestrictAddressFamilies"]  # $NOTIFY_SOCKET is a unix socket
+    assert one["SystemCallFilter"] == "@system-service"
+    assert one["ProtectProc"] == "invisible" and one["ProcSubset"] == "pid"
+    assert one["RemoveIPC"] == "yes" and one["PrivateUsers"] == "yes"
+    assert one["ConfigurationDirectory"] == "altyazi"  # /etc/altyazi, where ExecStart's --config points
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing; scripts/setup.sh apt installs Debian's systemd package")
@@ -70,3 +74,14 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     shipped = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, timeout=60)
     lines = [line for line in (shipped.stdout + shipped.stderr).splitlines() if line.strip()]
     assert all(INSTALLED_PYTHON in line for line in lines), lines
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing; scripts/setup.sh apt installs Debian's systemd package")
+def test_systemd_analyze_security_score(tmp_path: Path) -> None:
+    # 3.2 before the syscall filter, /proc and IPC hardening, 1.5 with them; lower is better.
+    copy = tmp_path / "altyazi.service"
+    copy.write_text(UNIT.read_text().replace(INSTALLED_PYTHON, sys.executable))
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for altyazi.service: ([0-9.]+)", proc.stdout + proc.stderr)
+    assert m, proc.stdout[-500:] + proc.stderr[-500:]
+    assert float(m.group(1)) <= 2.0, m.group(0)

@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, MutableMapping
 
 import anyio
 
+from app.api.authlimit import AuthFailureLimiter
 from app.config import Config
 from app.api.errors import ApiError, error_response
 from app.api.ratelimit import RateLimiter
@@ -58,6 +59,14 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 class KeysFileError(ValueError):
     """The keys file cannot be read or is malformed; str() is one line."""
+
+
+class TooManyFailures(Exception):
+    """Too many wrong secrets lately for this key id or client address; nothing was hashed."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"retry in {wait_s:.1f} s")
+        self.wait_s = wait_s
 
 
 @dataclass
@@ -197,9 +206,17 @@ def save_keys(path: Path, keys: list[ApiKey]) -> None:
 class KeyStore:
     """The server's view of the keys file: lookup by id, verification with a short cache."""
 
-    def __init__(self, path: Path, *, cache_ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cache_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        failures: AuthFailureLimiter | None = None,
+    ) -> None:
         self.path = path
         self.cache_ttl_s = cache_ttl_s
+        self.failures = failures
         self._clock = clock
         self._by_id: dict[str, ApiKey] = {}
         self._stamp: tuple[int, int] | None = None
@@ -248,8 +265,12 @@ class KeyStore:
             log.error("%s; keeping the %d keys loaded before", exc, len(self._by_id))
             self._stamp = stamp
 
-    async def verify(self, token: str) -> ApiKey | None:
-        """The key's record if ``token`` is a valid key, else None."""
+    async def verify(self, token: str, *, client: str = "") -> ApiKey | None:
+        """The key's record if ``token`` is a valid key, else None.
+
+        Raises TooManyFailures, before hashing, when the key id or the client
+        address has had too many wrong secrets lately (see app/api/authlimit.py).
+        """
         self.maybe_reload()
         parts = split_key(token)
         if parts is None:
@@ -262,11 +283,17 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] == key.id and hit[1] > now:
             return key
+        if self.failures is not None:
+            wait = self.failures.take(key.id, client)
+            if wait > 0:
+                raise TooManyFailures(wait)
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(2)
         ok = await anyio.to_thread.run_sync(check_secret, key, parts[1], limiter=self._limiter)
         if not ok:
             return None
+        if self.failures is not None:
+            self.failures.give_back(key.id, client)
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
         self._cache[digest] = (key.id, now + self.cache_ttl_s)
@@ -356,7 +383,22 @@ class AuthMiddleware:
         if token is None:
             await self._refuse(unauthorized("This address needs an API key: send it as 'Authorization: Bearer <key>'.", invalid=False), scope, receive, send)
             return
-        key = await self.keys.verify(token) if self.keys is not None else None
+        client = (scope.get("client") or ("",))[0] or ""
+        try:
+            key = await self.keys.verify(token, client=client) if self.keys is not None else None
+        except TooManyFailures as exc:
+            retry = max(1, math.ceil(exc.wait_s))
+            # DEBUG: an attacker must not also get to flood the log.
+            log.debug("too many failed API keys from %s; refusing for %d s", client or "?", retry)
+            await self._refuse(
+                ApiError(
+                    429, "too_many_auth_failures",
+                    f"Too many requests with a wrong API key lately, from this address or for this key; try again in {retry} s.",
+                    headers={"Retry-After": str(retry)},
+                ),
+                scope, receive, send,
+            )
+            return
         if key is None:
             await self._refuse(unauthorized("The API key is not valid (mistyped, or removed); ask the server's operator for a key.", invalid=True), scope, receive, send)
             return
@@ -372,7 +414,9 @@ class AuthMiddleware:
                 scope, receive, send,
             )
             return
-        if scope.get("method") == "GET" and EVENTS_RE.match(path):
+        # HEAD too: Starlette answers HEAD with the GET route, and a HEAD that
+        # was not counted held a stream past the cap.
+        if scope.get("method") in ("GET", "HEAD") and EVENTS_RE.match(path):
             limit = self.cfg.auth.max_sse_per_key
             if self.streams.get(key.id, 0) >= limit:
                 await self._refuse(

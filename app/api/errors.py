@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.media.probe import MediaError
 from app.pipeline.errors import InvalidRequest, LimitReached, NotReady, PipelineError
@@ -82,6 +84,62 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log; the client gets no paths and no stack.
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(
-        ApiError(500, "internal_error", "The server hit an unexpected error; it has been logged. Try again.")
-    )
+    return error_response(unexpected(exc))
+
+
+def unexpected(exc: BaseException) -> ApiError:
+    """The answer for an exception no route turned into an ApiError.
+
+    A data folder that cannot be written (read-only, wrong owner) or a full
+    disk is the operator's problem, not a bug: say so, with a status a client
+    can retry on, instead of a 500.
+    """
+    if isinstance(exc, (ApiError, PipelineError, MediaError)):
+        return as_api_error(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, "insufficient_storage", "The server ran out of disk space; try again later.", headers={"Retry-After": "60"})
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ApiError(
+            503, "storage_unavailable", "The server cannot write its files right now; the operator has been told. Try again later.",
+            headers={"Retry-After": "60"},
+        )
+    return ApiError(500, "internal_error", "The server hit an unexpected error; it has been logged. Try again.")
+
+
+class UnhandledErrors:
+    """Pure ASGI, innermost: answers an unexpected exception itself and returns normally.
+
+    Starlette's handler for ``Exception`` answers too, but then re-raises, and
+    uvicorn drops the keep-alive connection after every such error; here the
+    connection stays usable. Once a response has started it cannot be
+    replaced, so the exception goes on to uvicorn, which closes the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            error = unexpected(exc)
+            if isinstance(exc, ApiError):
+                pass
+            elif error.status == 500:
+                log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            else:
+                log.error("%s on %s %s: %s", error.code, scope.get("method"), scope.get("path"), exc)
+            await error_response(error)(scope, receive, send)

@@ -10,6 +10,8 @@ so several servers in one test process do not clash.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +23,6 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
-    SummaryMetricFamily,
 )
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,7 +30,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.looplag import LoopLagMonitor
-from storage.states import Status
+from storage.states import FINAL, Status
 
 log = logging.getLogger("altyazi.metrics")
 access_log = logging.getLogger("altyazi.access")
@@ -39,6 +40,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # Probes and scrapes every few seconds would drown the access log; they go at DEBUG.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 UNMATCHED = "unmatched"
+SAMPLE_INTERVAL_S = 0.1  # how often the batcher's totals are read into histograms
+# Seconds: model and feature times per batch, window waits, whole jobs and exports.
+BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+JOB_SECONDS_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
 
 
 @dataclass
@@ -68,6 +73,46 @@ class Metrics:
             "altyazi_http_requests_in_progress", "Requests being handled now (open SSE streams included).",
             registry=self.registry,
         )
+        self.batch_run = Histogram(
+            "altyazi_batch_run_seconds", "Time the model spent on one batch.",
+            buckets=BATCH_SECONDS_BUCKETS, registry=self.registry,
+        )
+        self.batch_prepare = Histogram(
+            "altyazi_batch_prepare_seconds", "Time spent preparing one batch (feature extraction).",
+            buckets=BATCH_SECONDS_BUCKETS, registry=self.registry,
+        )
+        self.window_wait = Histogram(
+            "altyazi_window_wait_seconds", "Time an audio window waited from submission to its batch starting.",
+            buckets=BATCH_SECONDS_BUCKETS, registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "altyazi_jobs_finished", "Jobs that reached a final status in this process, by status.",
+            ("status",), registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "altyazi_job_duration_seconds", "Upload accepted to final status, queueing included, by status.",
+            ("status",), buckets=JOB_SECONDS_BUCKETS, registry=self.registry,
+        )
+        self.exports_created = Counter(
+            "altyazi_exports_created", "Exports requested.", registry=self.registry,
+        )
+        self.exports_finished = Counter(
+            "altyazi_exports_finished", "Exports that ended, by status (done, failed, cancelled).",
+            ("status",), registry=self.registry,
+        )
+        self.export_duration = Histogram(
+            "altyazi_export_duration_seconds", "Export requested to its end, waiting for ffmpeg included, by status.",
+            ("status",), buckets=JOB_SECONDS_BUCKETS, registry=self.registry,
+        )
+        for status in sorted(FINAL):
+            self.jobs_finished.labels(status)
+            self.exports_finished.labels(status)
+        # Start times of what is in flight, for the durations above; entries leave
+        # with their final event (jobs recovered after a restart have none).
+        self._job_started: dict[str, float] = {}
+        self._export_started: dict[str, float] = {}
+        self._last_totals: dict[str, tuple[float, float]] = {}  # per histogram: (count, sum) observed so far
+        self._sampler: asyncio.Task[None] | None = None
         self._scraped = _Scraped()
         self.registry.register(_StateCollector(self))
         self.registry.register(ProcessCollector(registry=None))
@@ -77,9 +122,75 @@ class Metrics:
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_duration.labels(route, method).observe(seconds)
 
+    def on_event(self, job_id: str, type: str, data: dict[str, Any]) -> None:
+        """An event just published on a job's stream (an EventHub listener)."""
+        now = time.monotonic()
+        if type == "status" and data.get("status") == Status.QUEUED and job_id not in self._job_started:
+            self._job_started[job_id] = now
+        elif type in FINAL:
+            self.jobs_finished.labels(type).inc()
+            started = self._job_started.pop(job_id, None)
+            if started is not None:
+                self.job_duration.labels(type).observe(now - started)
+        elif type == "export_queued":
+            self.exports_created.inc()
+            self._export_started[str(data.get("export_id"))] = now
+        elif type in ("export_done", "export_failed"):
+            status = str(data.get("status") or ("done" if type == "export_done" else "failed"))
+            self.exports_finished.labels(status).inc()
+            started = self._export_started.pop(str(data.get("export_id")), None)
+            if started is not None:
+                self.export_duration.labels(status).observe(now - started)
+
+    def sample_batcher(self, stats: Any) -> None:
+        """Turn the batcher's running totals into per-batch observations.
+
+        The batcher keeps sums, not samples. Read every SAMPLE_INTERVAL_S (and
+        at each scrape), a batch (0.1-1 s each) usually is the only one that
+        finished since the last read, and its time is then exact; when several
+        did, each gets their mean. A batch counts once its time is in: the one
+        on the model now (one model thread, so at most one) is left for later,
+        and time that arrives before its count waits for it, so the sums stay exact.
+        """
+        running = 1 if stats.running else 0
+        self._observe(self.batch_run, "run", stats.batches_run - running, stats.total_run_s)
+        self._observe(self.batch_prepare, "prepare", stats.batches_run, stats.total_prepare_s)
+        self._observe(self.window_wait, "wait", stats.items_run, stats.total_wait_s)
+
+    def _observe(self, histogram: Histogram, name: str, count: float, total: float) -> None:
+        last_count, last_total = self._last_totals.get(name, (0.0, 0.0))
+        n = int(count - last_count)
+        if n <= 0:
+            return
+        mean = max(0.0, (float(total) - last_total) / n)
+        for _ in range(n):
+            histogram.observe(mean)
+        self._last_totals[name] = (float(count), float(total))
+
+    def start(self, state: Any) -> None:
+        """Start the owned tasks: loop lag, and the batcher sampler; stop them with ``stop``."""
+        self.lag.start()
+        state.hub.listeners.append(self.on_event)
+
+        async def sample() -> None:
+            while True:
+                self.sample_batcher(state.engine.stats)
+                await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+        self._sampler = asyncio.create_task(sample(), name="metrics-sampler")
+
+    async def stop(self) -> None:
+        task, self._sampler = self._sampler, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.lag.stop()
+
     async def render(self, state: Any) -> bytes:
         scraped = _Scraped(state=state)
         if state is not None:
+            self.sample_batcher(state.engine.stats)  # a scrape sees every batch finished before it
             for status in Status:
                 scraped.jobs[status] = await state.store.count_jobs((status,))
         self._scraped = scraped
@@ -125,16 +236,7 @@ class _StateCollector:
         yield _counter("altyazi_batch_windows_cancelled", "Audio windows withdrawn before they ran.", stats.items_cancelled)
         yield _counter("altyazi_batch_oom_splits", "Batches halved after an out-of-memory error.", stats.ooms_split)
         yield _batch_size_histogram(stats.batch_size_histogram)
-        run_s = stats.total_run_s
-        yield SummaryMetricFamily("altyazi_batch_run_seconds", "Time the model spent running batches.", count_value=batches, sum_value=run_s)
-        yield SummaryMetricFamily(
-            "altyazi_batch_prepare_seconds", "Time spent preparing batches (feature extraction).",
-            count_value=batches, sum_value=stats.total_prepare_s,
-        )
-        yield SummaryMetricFamily(
-            "altyazi_window_wait_seconds", "Time audio windows waited from submission to their batch starting.",
-            count_value=items, sum_value=stats.total_wait_s,
-        )
+        run_s = float(stats.total_run_s)
         audio_s = float(state.manager.audio_seconds_done)
         yield _counter("altyazi_audio_seconds_processed", "Seconds of audio transcribed.", audio_s)
         # Model time per audio second: 0.07 means 14x faster than real time.
@@ -147,6 +249,7 @@ class _StateCollector:
         yield _gauge("altyazi_ffmpeg_processes_waiting", "ffmpeg/ffprobe calls waiting for a process slot.", state.pool.waiting)
         yield _gauge("altyazi_uploads_in_flight", "Uploads being received now.", state.uploads_in_flight)
         yield _gauge("altyazi_sse_streams_open", "Open job event streams.", state.sse_streams)
+        yield _gauge("altyazi_exports_active", "Exports queued for or running in ffmpeg now.", state.exports.active)
 
     def _lag(self) -> Iterable[Metric]:
         snap = self._metrics.lag.snapshot()
@@ -156,9 +259,8 @@ class _StateCollector:
             "altyazi_event_loop_lag_seconds", "How late the event loop wakes a periodic timer.",
             buckets=buckets, sum_value=snap.sum_s,
         )
-        yield _gauge("altyazi_event_loop_lag_max_seconds", "Largest event-loop lag seen since start.", snap.max_s)
-        yield _gauge("altyazi_event_loop_lag_recent_max_seconds", "Largest event-loop lag over the last minute.", snap.recent_max_s)
-        yield _gauge("altyazi_event_loop_lag_p99_seconds", "99th percentile of event-loop lag over the last minute.", snap.p99_s)
+        # No precomputed p99/max gauges: they cannot be aggregated across servers or
+        # over other windows; histogram_quantile() over the buckets gives both.
 
 
 def _le(bound: float) -> str:
@@ -219,6 +321,9 @@ class HttpMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client gets when the app raises before answering
+        # Matched before the app runs: a Mount (/static) rewrites the scope's
+        # root_path on the way in, and would no longer match afterwards.
+        route = route_template(scope)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -232,7 +337,6 @@ class HttpMetricsMiddleware:
         finally:
             self.metrics.http_in_progress.dec()
             elapsed = time.perf_counter() - started
-            route = route_template(scope)
             method = str(scope.get("method", "GET"))
             self.metrics.observe_request(route, method, status, elapsed)
             scope_state = scope.get("state") or {}

@@ -59,6 +59,12 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / per_s
 
+    def give_back(self, key: str) -> None:
+        """Return a token taken by ``take`` (the request turned out not to count)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
+
     def _sweep(self, now: float) -> None:
         # A bucket idle for a full refill is the same as no bucket at all.
         if now - self._last_sweep < 60:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from datetime import datetime, timezone
@@ -15,19 +14,20 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.api import jsonbody
 from app.api.errors import ApiError, not_found
 from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Heartbeat, Shutdown, format_sse, format_sse_unnumbered
-from app.media.formats import FORMATS, SegmentError, to_json, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
+from app.media.formats import FORMATS, SegmentError, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
 from app.pipeline.jobs import segment_from_dict
+from app.api.jsonbody import read_json_body
 from app.media.probe import check_media
 from app.pipeline.options import JobOptions
 from app.api.state import AppState, owner_of
 from app.api.uploads import receive_upload
-from storage.files import atomic_write_json, safe_filename
+from storage.files import atomic_write_bytes, safe_filename
 from storage.states import ACTIVE, FINAL, Stage, Status
 from storage.store import ExportRecord, InvalidCursor, JobRecord
 
-MAX_TRANSCRIPT_BODY = 32 * 1024 * 1024
 SSE_RETRY_MS = 3000
 
 
@@ -121,15 +121,15 @@ async def accept_upload(
     state.check_accepting()
     query = dict(request.query_params)
     parse_options({k: v for k, v in query.items() if k != "filename"})  # fail fast on bad query options, before reading the body
-    await state.check_capacity(owner)
     declared = int(request.headers.get("content-length", "0") or 0) if request.headers.get("content-length", "").isdigit() else 0
     state.check_disk(declared)
+    slot = await state.reserve_slot(owner)  # held from here, so concurrent uploads count each other
 
     job_id = new_id()
-    job_dir = state.files.create(job_id)
     committed = False
     state.uploads_in_flight += 1
     try:
+        job_dir = state.files.create(job_id)
         upload = await receive_upload(
             request,
             job_dir / "upload.partial",
@@ -162,11 +162,15 @@ async def accept_upload(
             duration_s=info.duration_s,
             media=info_dict(info),
         )
-        await state.store.create_job(job)
-        committed = True
-        await state.hub.publish(job_id, "status", {"status": Status.QUEUED, "stage": Stage.QUEUED})
-        state.manager.spawn(job)
+        # Under the key's lock, so its count never sees this job twice (row and slot).
+        async with state.slots.lock(owner):
+            await state.store.create_job(job)
+            committed = True
+            await state.hub.publish(job_id, "status", {"status": Status.QUEUED, "stage": Stage.QUEUED})
+            slot.release()  # in one step with the spawn: counted as a task from now on
+            state.manager.spawn(job)
     finally:
+        slot.release()
         state.uploads_in_flight -= 1
         if not committed:
             await anyio.to_thread.run_sync(state.files.remove, job_id)
@@ -221,9 +225,13 @@ async def delete_job(request: Request) -> Response:
 async def job_events(request: Request) -> Response:
     state = state_of(request)
     job = await load_job(request)
+    if request.method == "HEAD":
+        # The headers a GET would get, and no stream: a HEAD must not hold one open.
+        return Response(media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     try:
-        after = max(0, int(raw_last))
+        # Clamped: SQLite integers are 64-bit, and a 400-digit id failed the stream.
+        after = min(max(0, int(raw_last)), 2**62)
     except ValueError:
         after = 0
     heartbeat = state.cfg.server.sse_heartbeat_s
@@ -296,9 +304,15 @@ async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict
         raise ApiError(404, "no_edited_transcript", "This transcript has not been edited; ask for version=original.")
     if version in ("latest", "edited") and edited.exists():
         path = edited
-    with state.files.pin(job.id):
-        text = await anyio.to_thread.run_sync(path.read_text, "utf-8")
-    return json.loads(text)  # type: ignore[no-any-return]
+
+    def load() -> dict[str, Any]:
+        return jsonbody.loads(path.read_text("utf-8"))  # type: ignore[no-any-return]
+
+    try:
+        with state.files.pin(job.id):
+            return await anyio.to_thread.run_sync(load)  # megabytes of JSON: off the loop
+    except FileNotFoundError:
+        raise not_found("job") from None  # deleted while we read it
 
 
 async def get_transcript(request: Request) -> Response:
@@ -311,12 +325,16 @@ async def get_transcript(request: Request) -> Response:
     if version not in ("latest", "edited", "original"):
         raise ApiError(422, "invalid_parameter", "version must be latest, edited or original.", extra={"field": "version"})
     data = await read_transcript(state, job, version)
-    segments = [segment_from_dict(s) for s in data.get("segments", [])]
+
+    def render() -> bytes:
+        segments = [segment_from_dict(s) for s in data.get("segments", [])]
+        if fmt == "json":
+            # to_json's text, encoded a segment at a time (app/api/jsonbody.py says why)
+            return jsonbody.dumps(transcript_to_dict(segments, language=data.get("language"), duration_s=data.get("duration_s")), compact=False)
+        return RENDERERS[fmt](segments).encode("utf-8")
+
+    body = await anyio.to_thread.run_sync(render)
     media_type = FORMATS[fmt][0]
-    if fmt == "json":
-        body = to_json(segments, language=data.get("language"), duration_s=data.get("duration_s"))
-    else:
-        body = RENDERERS[fmt](segments)
     stem = Path(job.filename).stem or "transcript"
     name = f"{stem}.{fmt}"
     return Response(
@@ -336,21 +354,31 @@ async def put_transcript(request: Request) -> Response:
     job = await load_job(request)
     if job.status != Status.DONE:
         raise ApiError(409, "not_ready", f"The transcript can be edited once the job is done; it is {job.status}.")
-    raw = await read_json_body(request, limit=MAX_TRANSCRIPT_BODY)
-    try:
-        segments = validate_segments(raw, duration_s=job.duration_s)
-    except SegmentError as exc:
-        extra: dict[str, object] = {}
-        if exc.index is not None:
-            extra["index"] = exc.index
-        if exc.field is not None:
-            extra["field"] = exc.field
-        raise ApiError(422, "invalid_segment", exc.message, extra=extra) from None
-    language = raw.get("language") if isinstance(raw, dict) and isinstance(raw.get("language"), str) else job.language
-    transcript = transcript_to_dict(segments, language=language, duration_s=job.duration_s)
-    transcript["edited_at"] = iso(time.time())
-    await anyio.to_thread.run_sync(atomic_write_json, state.files.edited_path(job.id), transcript)
-    return JSONResponse(transcript)
+    raw = await read_json_body(request, limit=int(state.cfg.limits.max_transcript_mb * 1024 * 1024))
+
+    def validate_and_write() -> bytes:
+        # Validating, writing and encoding megabytes of segments: all of it off the loop.
+        try:
+            segments = validate_segments(raw, duration_s=job.duration_s)
+        except SegmentError as exc:
+            extra: dict[str, object] = {}
+            if exc.index is not None:
+                extra["index"] = exc.index
+            if exc.field is not None:
+                extra["field"] = exc.field
+            raise ApiError(422, "invalid_segment", exc.message, extra=extra) from None
+        language = raw.get("language") if isinstance(raw, dict) and isinstance(raw.get("language"), str) else job.language
+        transcript = transcript_to_dict(segments, language=language, duration_s=job.duration_s)
+        transcript["edited_at"] = iso(time.time())
+        body = jsonbody.dumps(transcript)
+        try:
+            atomic_write_bytes(state.files.edited_path(job.id), body)
+        except FileNotFoundError:
+            raise not_found("job") from None  # deleted while we validated
+        return body
+
+    body = await anyio.to_thread.run_sync(validate_and_write)
+    return Response(body, media_type="application/json")
 
 
 # ---- exports ---------------------------------------------------------------------------
@@ -362,7 +390,10 @@ async def create_export(request: Request) -> Response:
     job = await load_job(request)
     raw = await read_json_body(request, limit=64 * 1024)
     options = state.exports.parse(raw)
-    record = await state.exports.create(job, options, new_id())
+    try:
+        record = await state.exports.create(job, options, new_id())
+    except KeyError:
+        raise not_found("job") from None  # deleted while the body arrived
     return JSONResponse(export_json(record), status_code=202, headers={"Location": f"/v1/jobs/{job.id}/exports/{record.id}"})
 
 
@@ -425,20 +456,6 @@ class PinnedFileResponse(FileResponse):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         with self._pin():
             await super().__call__(scope, receive, send)
-
-
-async def read_json_body(request: Request, *, limit: int) -> Any:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "body_too_large", f"The JSON body is larger than {limit // 1024} kB.")
-    try:
-        return json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "The body is not UTF-8.") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
 
 
 routes = [

@@ -18,6 +18,7 @@ from app.media.ffmpeg import FfmpegPool
 from app.pipeline.exports import ExportManager
 from app.pipeline.jobs import JobManager
 from app.pipeline.options import JobOptions
+from app.api.reservations import Slot, Slots
 from batching.types import Engine
 from storage.files import free_bytes
 from storage.seams import FileStore, JobRepository
@@ -52,6 +53,7 @@ class AppState:
     sse_streams: int = 0
     started_at: float = field(default_factory=time.time)
     keys: KeyStore | None = None  # set when auth.enabled; owners are then key ids
+    slots: Slots = field(default_factory=Slots)  # uploads counted before their job row exists
 
     # ---- admission checks, cheapest first ----------------------------------
 
@@ -64,30 +66,40 @@ class AppState:
         if not self.ready:
             raise ApiError(503, "not_ready", "The server is still loading its model; try again shortly.", headers={"Retry-After": "5"})
 
-    async def check_capacity(self, owner: str) -> None:
-        limits = self.cfg.limits
-        active = self.manager.active
-        if active >= limits.max_queued_jobs:
-            retry = self.retry_after_s()
-            raise ApiError(
-                429, "queue_full",
-                f"The server has {active} jobs waiting or running, its limit; try again in about {retry} s.",
-                headers={"Retry-After": str(retry)},
-            )
+    async def reserve_slot(self, owner: str) -> Slot:
+        """Count the owner's and the server's jobs and take a slot, or raise 429.
+
+        Release the slot once the job's task is spawned, or when the upload fails.
+        """
+        self._check_global()
         key = self.key_of(owner)
         if key is None:
-            return  # keys off: one anonymous owner is the whole server, so only the global limits apply
+            return self.slots.take(owner)  # keys off: one anonymous owner, only the global limit
+        limits = self.cfg.limits
         # A key's first max_active jobs run, the next max_queued wait their turn
         # (app/pipeline/admission.py); only past both is an upload refused.
         max_active = self.active_cap(owner) or limits.max_active_jobs_per_key
         max_queued = key.max_queued_jobs or limits.max_queued_jobs_per_key
-        have = await self.store.count_jobs(ACTIVE, owner=owner)
-        if have >= max_active + max_queued:
+        async with self.slots.lock(owner):
+            have = await self.store.count_jobs(ACTIVE, owner=owner) + self.slots.held(owner)
+            if have >= max_active + max_queued:
+                retry = self.retry_after_s()
+                raise ApiError(
+                    429, "too_many_queued_jobs",
+                    f"This key has {have} jobs waiting, running or uploading, its limit ({max_active} running + {max_queued} waiting); "
+                    f"try again in about {retry} s, when some have finished.",
+                    headers={"Retry-After": str(retry)},
+                )
+            self._check_global()  # others may have taken the last slots while we counted
+            return self.slots.take(owner)
+
+    def _check_global(self) -> None:
+        active = self.manager.active + self.slots.total
+        if active >= self.cfg.limits.max_queued_jobs:
             retry = self.retry_after_s()
             raise ApiError(
-                429, "too_many_queued_jobs",
-                f"This key has {have} jobs waiting or running, its limit ({max_active} running + {max_queued} waiting); "
-                f"try again in about {retry} s, when some have finished.",
+                429, "queue_full",
+                f"The server has {active} jobs waiting, running or uploading, its limit; try again in about {retry} s.",
                 headers={"Retry-After": str(retry)},
             )
 

@@ -14,7 +14,7 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, AsyncIterator, Protocol
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Protocol
 
 from storage.seams import JobRepository
 from storage.store import EventRecord
@@ -90,6 +90,8 @@ class EventHub:
         # subscribers in the order they were committed. A job's lock lives
         # while someone publishes for it (counted), so idle jobs hold none.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Called with (job_id, type, data) after each committed event (metrics count them).
+        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
 
     @property
     def subscriber_count(self) -> int:
@@ -103,6 +105,11 @@ class EventHub:
                 record = await self._store.append_event(job_id, type, data)
                 for subscriber in self._subscribers.get(job_id, ()):
                     subscriber.offer(record)
+            for listener in self.listeners:
+                try:
+                    listener(job_id, type, data)
+                except Exception:  # a counter must never fail a job
+                    log.exception("event listener failed on %s", type)
         finally:
             lock, users = self._locks[job_id]
             if users == 1:

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -163,10 +164,14 @@ class ExportManager:
 
     async def _run(self, record: ExportRecord) -> None:
         export_id, job_id = record.id, record.job_id
-        work_dir = self.files.work_dir(job_id) / export_id
         options = ExportOptions.from_dict(record.options)
-        dest = self.files.export_path(job_id, export_id, options.container)
+        # Made inside the try: a folder that cannot be created (read-only data dir)
+        # must fail the export, not kill its task and leave it queued forever.
+        work_dir: Path | None = None
+        dest: Path | None = None
         try:
+            work_dir = self.files.work_dir(job_id) / export_id
+            dest = self.files.export_path(job_id, export_id, options.container)
             job = await self.store.get_job(job_id)
             source = self.files.find_input(job_id)
             if job is None or source is None:
@@ -202,7 +207,8 @@ class ExportManager:
             await self.hub.publish(job_id, "export_done", {"export_id": export_id, "status": Status.DONE, "size_bytes": size})
             log.info("export %s of job %s done in %.1f s", export_id, job_id, time.monotonic() - t0)
         except asyncio.CancelledError:
-            dest.unlink(missing_ok=True)
+            if dest is not None:
+                dest.unlink(missing_ok=True)
             if not self._tasks.stopping:
                 # A user's cancel: record it even though this task is being cancelled.
                 await asyncio.shield(self._fail(job_id, export_id, Status.CANCELLED, "export_cancelled", "The export was cancelled."))
@@ -219,7 +225,8 @@ class ExportManager:
             log.exception("export %s of job %s failed unexpectedly", export_id, job_id)
             await self._fail(job_id, export_id, Status.FAILED, "internal_error", "The server hit an unexpected error while rendering; it has been logged.")
         finally:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(work_dir, ignore_errors=True))
+            if work_dir is not None:
+                await anyio.to_thread.run_sync(shutil.rmtree, work_dir, True)
 
     def _progress(self, job_id: str, export_id: str, fraction: float) -> None:
         # Progress is best effort: a write that loses a race with the final state is harmless.
