@@ -48,7 +48,7 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> Mix:
 def _reference_model():
     from faster_whisper import WhisperModel
 
-    from app.models import resolve_model
+    from app.model_files import resolve_model
     from tests.conftest import REPO, TINY_EN
 
     resolved = resolve_model(TINY_EN, REPO / "data")
