@@ -533,7 +533,7 @@ def lost_report(runs: list[Run], mixes: list[Mix], windows: Windows) -> str:
 
 def resolve(name: str) -> tuple[str, str]:
     """(folder for faster-whisper, --model for the server): the same weights on both sides."""
-    from app.models import resolve_model
+    from app.model_files import resolve_model
 
     resolved = resolve_model(name, ROOT / "data")
     # tiny.en is passed by name, as a user would; other models by folder, so the
