@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from app.pipeline.options import as_bool
+
 ENV_PREFIX = "ALTYAZI_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -192,14 +194,10 @@ def _coerce(key: str, raw: Any, kind: Any) -> Any:
                 raise ValueError
             return float(raw)
         if kind in (bool, "bool"):
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in {"1", "true", "yes", "on"}:
-                return True
-            if text in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError
+            value = as_bool(raw)
+            if value is None:
+                raise ValueError
+            return value
         if kind in (list, "list[str]"):
             # a TOML array, or a comma-separated environment value
             items = raw.split(",") if isinstance(raw, str) else raw

@@ -114,15 +114,13 @@ class Chain:
             self.out.put_nowait(None)
 
     async def _span(self, span: WindowSpan) -> None:
-        follow_up = self.carry is not None  # the rest of a cut window comes first
         pos = self.carry if self.carry is not None else span.start_sample
         self.carry = None
         end = span.end_sample
         while end - pos >= MIN_PIECE_SAMPLES:
             stop = min(end, pos + WINDOW_SAMPLES)
             cut = stop < end or span.ends_in_speech
-            covered = await self._piece(pos, stop, cut, stop == end and span.ends_in_speech, follow_up)
-            follow_up = True
+            covered = await self._piece(pos, stop, cut, stop == end and span.ends_in_speech)
             if covered >= end:
                 return
             if stop == end and span.ends_in_speech:
@@ -131,12 +129,10 @@ class Chain:
                 return
             pos = covered  # the model stopped early: decode the rest of this window
 
-    async def _piece(self, start: int, stop: int, cut: bool, at_window_end: bool, follow_up: bool = False) -> int:
-        # A follow-up (the rest of a window after the model stopped early) is
-        # not given the text before it unless the job asks for conditioning:
-        # measured with tiny.en, that prompt made the model drop its timestamps
-        # and write one 30-s segment, losing 20 s of speech.
-        del follow_up
+    async def _piece(self, start: int, stop: int, cut: bool, at_window_end: bool) -> int:
+        # The rest of a window after the model stopped early is given the
+        # context before it only when the job asks for conditioning, like
+        # every other window.
         previous = self.previous_tokens if self.conditioned else ()
         result = await self.decode(start, stop, cut, previous)
         covered = stop

@@ -25,7 +25,8 @@ def bad_option(name: str, message: str) -> InvalidRequest:
     return InvalidRequest("invalid_option", f"{name}: {message}", field=name)
 
 
-def parse_bool(name: str, raw: Any) -> bool:
+def as_bool(raw: Any) -> bool | None:
+    """True/False for the spellings people use (1/0, true/false, yes/no, on/off), else None."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -33,7 +34,14 @@ def parse_bool(name: str, raw: Any) -> bool:
         return True
     if text in {"0", "false", "no", "off"}:
         return False
-    raise bad_option(name, f"expected true or false, got {str(raw)[:40]!r}")
+    return None
+
+
+def parse_bool(name: str, raw: Any) -> bool:
+    value = as_bool(raw)
+    if value is None:
+        raise bad_option(name, f"expected true or false, got {str(raw)[:40]!r}")
+    return value
 
 
 @dataclass(frozen=True)
