@@ -52,6 +52,14 @@ log = logging.getLogger("altyazi.server")
 EngineFactory = Callable[[Config], "tuple[Engine, bool, str]"]
 
 
+def vad_threads(cfg: Config) -> int:
+    """VAD workers: ``batching.vad_threads``, or by device (one on a CPU, where it
+    takes a core from the model; four beside a GPU, which a single one can starve)."""
+    from batching.whisper_engine import on_gpu
+
+    return cfg.batching.vad_threads or (4 if on_gpu(cfg.model.device) else 1)
+
+
 def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     """The ASGI app; ``engine_factory`` builds the engine (the real model, or a fake in tests)."""
     factory = engine_factory
@@ -88,7 +96,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             engine=engine,
             hub=hub,
             multilingual=multilingual,
-            limits=ManagerLimits(max_running_jobs=cfg.limits.max_running_jobs),
+            limits=ManagerLimits(max_running_jobs=cfg.limits.max_running_jobs, vad_threads=vad_threads(cfg)),
             decoding=DecodingDefaults(
                 beam_size=cfg.decoding.beam_size,
                 condition_on_previous_text=cfg.decoding.condition_on_previous_text,

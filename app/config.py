@@ -46,6 +46,14 @@ class ModelConfig:
     device: str = "auto"
     compute_type: str = "default"
     cpu_threads: int = 0
+    # GPUs to use: one resident model and batcher per listed index, jobs spread
+    # across them (batching/spread.py). A single number is one GPU.
+    device_index: list[int] = field(default_factory=lambda: [0])
+    # Encoder outputs kept for windows decoded again one temperature warmer.
+    encoder_cache_mb: int = 256
+    # Encode windows shorter than 20 s at a shorter input (10/15/20 s buckets)
+    # instead of padding every window to 30 s (README, "Measured performance").
+    trim_short_windows: bool = True
 
 
 @dataclass
@@ -53,6 +61,17 @@ class BatchingConfig:
     max_batch_size: int = 0  # 0: by device (see batching.whisper_engine.default_batch_size)
     max_wait_ms: float = 10.0
     prepare_threads: int = 2
+    # Windows per encoder call on a CPU, where the encoder costs as much or more
+    # per window in big batches and only the decoder gains; 0: by device (CPU 1,
+    # a GPU encodes the whole batch at once).
+    encode_batch_size: int = 0
+    # Decoder rows per batch (a beam-5 window counts 5, a window sampled at a
+    # fallback temperature counts 5): what fills a GPU's memory. 0: by device
+    # (GPU twice max_batch_size, CPU no limit).
+    max_batch_rows: int = 0
+    # VAD workers shared by all jobs, taken one 60-s block at a time so a long
+    # file's analysis never holds a short one back; 0: by device (CPU 1, GPU 4).
+    vad_threads: int = 0
 
 
 @dataclass
@@ -138,6 +157,14 @@ class Config:
         _check(bool(m.name.strip()), "model.name", m.name, "a model name or folder")
         _check(m.device in {"auto", "cpu", "cuda"}, "model.device", m.device, "auto, cpu or cuda")
         _check(m.cpu_threads >= 0, "model.cpu_threads", m.cpu_threads, ">= 0")
+        _check(
+            bool(m.device_index) and all(i >= 0 for i in m.device_index) and len(set(m.device_index)) == len(m.device_index),
+            "model.device_index", m.device_index, "a GPU index or a list of distinct ones, e.g. 0 or [0, 1]",
+        )
+        _check(m.encoder_cache_mb >= 0, "model.encoder_cache_mb", m.encoder_cache_mb, ">= 0 (0 = no cache)")
+        _check(0 <= b.encode_batch_size <= 256, "batching.encode_batch_size", b.encode_batch_size, "from 1 to 256, or 0 for the device's default")
+        _check(0 <= b.max_batch_rows <= 4096, "batching.max_batch_rows", b.max_batch_rows, "from 1 to 4096, or 0 for the device's default")
+        _check(0 <= b.vad_threads <= 64, "batching.vad_threads", b.vad_threads, "from 1 to 64, or 0 for the device's default")
         _check(0 <= b.max_batch_size <= 256, "batching.max_batch_size", b.max_batch_size, "from 1 to 256, or 0 for the device's default")
         _check(0 <= b.max_wait_ms <= 10_000, "batching.max_wait_ms", b.max_wait_ms, "from 0 to 10000")
         _check(1 <= b.prepare_threads <= 64, "batching.prepare_threads", b.prepare_threads, "from 1 to 64")
@@ -198,6 +225,12 @@ def _coerce(key: str, raw: Any, kind: Any) -> Any:
             if value is None:
                 raise ValueError
             return value
+        if kind == "list[int]":
+            # one index, a TOML array, or a comma-separated environment value
+            items = raw.split(",") if isinstance(raw, str) else raw if isinstance(raw, list) else [raw]
+            if any(isinstance(i, (bool, float)) for i in items):
+                raise ValueError
+            return [int(str(i).strip()) for i in items if str(i).strip()]
         if kind in (list, "list[str]"):
             # a TOML array, or a comma-separated environment value
             items = raw.split(",") if isinstance(raw, str) else raw

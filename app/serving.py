@@ -56,28 +56,42 @@ class DrainingServer(uvicorn.Server):
 
 
 def batcher_options(cfg: Config) -> BatcherOptions:
-    """The engine's batching options, built once from ``[batching]``; 0 picks the device's batch size."""
-    from batching.whisper_engine import default_batch_size
+    """The engine's batching options, built once from ``[batching]``; 0 picks the device's default."""
+    from batching.whisper_engine import default_batch_size, default_batch_rows
 
+    size = cfg.batching.max_batch_size or default_batch_size(cfg.model.device)
     return BatcherOptions(
-        max_batch_size=cfg.batching.max_batch_size or default_batch_size(cfg.model.device),
+        max_batch_size=size,
         max_wait_s=cfg.batching.max_wait_ms / 1000.0,
         prepare_threads=cfg.batching.prepare_threads,
+        max_batch_weight=cfg.batching.max_batch_rows or default_batch_rows(cfg.model.device, size),
     )
 
 
 def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
-    from batching.whisper_engine import WhisperEngine
+    """One Whisper engine, or one per GPU of ``model.device_index`` behind a SpreadEngine."""
+    from batching.spread import SpreadEngine
+    from batching.whisper_engine import WhisperEngine, default_encode_batch
 
-    return WhisperEngine(
-        {
-            "model": resolved.path_or_id,
-            "device": cfg.model.device,
-            "compute_type": cfg.model.compute_type,
-            "cpu_threads": cfg.model.cpu_threads,
-        },
-        options=batcher_options(cfg),
-    )
+    def one(index: int) -> WhisperEngine:
+        return WhisperEngine(
+            {
+                "model": resolved.path_or_id,
+                "device": cfg.model.device,
+                "device_index": index,
+                "compute_type": cfg.model.compute_type,
+                "cpu_threads": cfg.model.cpu_threads,
+                "encode_batch_size": cfg.batching.encode_batch_size or default_encode_batch(cfg.model.device),
+                "trim_short": cfg.model.trim_short_windows,
+                "encoder_cache_bytes": cfg.model.encoder_cache_mb * 2**20,
+            },
+            options=batcher_options(cfg),
+        )
+
+    indexes = cfg.model.device_index
+    if len(indexes) == 1:
+        return one(indexes[0])
+    return SpreadEngine([one(i) for i in indexes])
 
 
 def run_server(cfg: Config) -> int:

@@ -71,12 +71,31 @@ class ResultCountMismatch(RuntimeError):
     """``run`` answered a different number of results than it was given items."""
 
 
+# How an allocation failure reads when it has no type of its own: CTranslate2
+# raises a plain RuntimeError carrying the CUDA or cuBLAS status.
+_OOM_MARKERS = (
+    "out of memory",  # CUDA_ERROR_OUT_OF_MEMORY / cudaErrorMemoryAllocation, torch, CTranslate2
+    "cuda_error_out_of_memory",
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "std::bad_alloc",
+    "failed to allocate",
+)
+
+
 def default_is_oom(exc: BaseException) -> bool:
-    """Whether a failure means "the batch did not fit": halve it and retry."""
+    """Whether a failure means "the batch did not fit": halve it and retry.
+
+    By type first (MemoryError, and any ``*OutOfMemoryError`` class such as
+    torch's or CuPy's), then by the allocation-failure statuses that
+    CTranslate2 reports inside a RuntimeError.
+    """
     if isinstance(exc, MemoryError):
         return True
-    # CUDA, CTranslate2 and torch all say it like this
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    if any(cls.__name__.endswith("OutOfMemoryError") for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
 
 
 def _owner_attr(item: Any) -> str:
@@ -98,6 +117,10 @@ class BatcherOptions:
     max_batch_size: int  # most items in one ``run`` call
     max_wait_s: float  # how long the first arrival waits for company when the model is idle
     prepare_threads: int  # threads running ``prepare`` ahead of the model
+    # Most total weight in one ``run`` call (the batcher's ``weight_of``, e.g. the
+    # decoder rows of beam search and sampling); 0: items are only counted. An
+    # item heavier than this still runs, alone.
+    max_batch_weight: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -106,6 +129,8 @@ class BatcherOptions:
             raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s!r}")
         if self.prepare_threads < 1:
             raise ValueError(f"prepare_threads must be >= 1, got {self.prepare_threads!r}")
+        if self.max_batch_weight < 0:
+            raise ValueError(f"max_batch_weight must be >= 0, got {self.max_batch_weight!r}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,9 @@ class BatcherStats:
     total_prepare_s: float = 0.0  # sum of time spent in prepare()
     last_batch_size: int = 0
     ooms_split: int = 0  # times a batch was halved after an out-of-memory error
+    # now: the most weight (items, when no weight is set) a batch may have since
+    # one of that size ran out of memory; 0: no cap
+    oom_cap: int = 0
 
 
 @dataclass(eq=False)
@@ -156,6 +184,7 @@ class MicroBatcher(Generic[T, P, R]):
         job_of: Callable[[T], str] = _job_attr,
         clock: Clock | None = None,
         is_oom: Callable[[BaseException], bool] = default_is_oom,
+        weight_of: Callable[[T], int] | None = None,
         name: str = "model",
     ) -> None:
         self._run = run
@@ -167,6 +196,11 @@ class MicroBatcher(Generic[T, P, R]):
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._prepare_threads = options.prepare_threads
         self._is_oom = is_oom
+        self._weight_of = weight_of
+        self._max_batch_weight = options.max_batch_weight
+        # Set after an out-of-memory error (model thread, read on the loop: an int
+        # assignment, so no lock): later batches stay below what failed.
+        self._oom_cap = 0
         self._name = name
 
         self._queue: FairQueue[_Entry[T]] = FairQueue(lambda e: e.owner, lambda e: e.job)
@@ -322,6 +356,7 @@ class MicroBatcher(Generic[T, P, R]):
             total_prepare_s=self._total_prepare_s,
             last_batch_size=self._last_batch_size,
             ooms_split=self._ooms_split,
+            oom_cap=self._oom_cap,
         )
 
     # ------------------------------------------------------------ loop task
@@ -362,6 +397,8 @@ class MicroBatcher(Generic[T, P, R]):
                     continue
             if self._staged is None and self._arrivals:
                 close_at = self._close_at()
+                # Counted in items: with weights or an OOM cap a batch may fill
+                # sooner, and then waits at most max_wait_s more.
                 if len(self._queue) >= self._max_batch_size or self._clock.now() >= close_at:
                     self._gather()
                     continue
@@ -392,8 +429,28 @@ class MicroBatcher(Generic[T, P, R]):
             close_at = max(close_at, expected_free - _PREPARE_MARGIN * prepare_s)
         return close_at
 
+    def _weight(self, entry: _Entry[T]) -> int:
+        """An entry's share of a batch: 1 per item unless ``weight_of`` says more."""
+        if self._weight_of is None:
+            return 1
+        return max(1, int(self._weight_of(entry.item)))
+
     def _gather(self) -> None:
-        entries = self._queue.pop_batch(self._max_batch_size)
+        """Take the next batch in fair order, within the size, weight and OOM caps."""
+        limit = self._max_batch_weight if self._weight_of is not None else 0
+        if self._oom_cap:
+            limit = min(limit, self._oom_cap) if limit else self._oom_cap
+        entries: list[_Entry[T]] = []
+        total = 0
+        while len(entries) < self._max_batch_size:
+            nxt = self._queue.peek()
+            if nxt is None:
+                break
+            w = self._weight(nxt)
+            if entries and limit and total + w > limit:
+                break
+            entries.extend(self._queue.pop_batch(1))
+            total += w
         for entry in entries:
             self._arrivals.pop(entry, None)
             entry.state = _STAGED
@@ -492,7 +549,15 @@ class MicroBatcher(Generic[T, P, R]):
                 self._post(self._fail_batch, entries, exc, "run")
                 return ended
             self._post(self._account, 0.0, 0.0, 1)
-            logger.warning("%s batcher: out of memory on a batch of %d; halving", self._name, len(entries))
+            failed = sum(self._weight(e) for e in entries)
+            # Three quarters of what failed: below it, and a few OOMs at most to
+            # settle even when the cap first lands just above what fits.
+            cap = max(1, failed * 3 // 4)
+            self._oom_cap = min(self._oom_cap, cap) if self._oom_cap else cap
+            logger.warning(
+                "%s batcher: out of memory on a batch of %d (weight %d); halving, later batches capped at %d",
+                self._name, len(entries), failed, self._oom_cap,
+            )  # fmt: skip
             return self._run_halves(entries, ended)
         ended = self._clock.now()
         self._post(self._account, ended - t0, 0.0, 0)

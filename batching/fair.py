@@ -62,6 +62,13 @@ class FairQueue(Generic[T]):
             raise ValueError(f"batch size must be >= 0, got {n!r}")
         return [self._pop_one() for _ in range(min(n, self._len))]
 
+    def peek(self) -> T | None:
+        """The item ``pop_batch(1)`` would take next, left in place."""
+        if not self._len:
+            return None
+        jobs = next(iter(self._owners.values()))
+        return next(iter(jobs.values()))[0]
+
     def remove_job(self, job_id: str) -> list[T]:
         """Take every item of the job out of the queue; answers them in FIFO order."""
         owner = self._job_owner.pop(job_id, None)

@@ -15,9 +15,14 @@ import numpy as np
 
 from batching.batcher import BatcherStats
 
-# What an engine reports: the counters of the batcher in front of its model
-# (a fake engine fills in the same ones), read by /metrics.
-EngineStats = BatcherStats
+
+@dataclass(frozen=True)
+class EngineStats(BatcherStats):
+    """What an engine reports, read by /metrics: the counters of the batcher in
+    front of its model (a fake engine fills in the same ones), and its own."""
+
+    fallbacks: int = 0  # windows queued again one temperature warmer
+    encoder_cache_hits: int = 0  # of those, how many reused their encoder output
 
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30.0

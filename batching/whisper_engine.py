@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from batching.batcher import BatcherOptions, MicroBatcher
+from batching.batcher import BatcherOptions, BatcherStats, MicroBatcher
 from batching.types import EngineStats, WindowRequest, WindowResult
 from batching.whisper_runner import (
     Attempt,
@@ -41,15 +41,34 @@ log = logging.getLogger(__name__)
 # are the point.
 CPU_BATCH_SIZE = 4
 CUDA_BATCH_SIZE = 16
+# Windows per encoder call on a CPU (bench/batching.py, encode-batch sweep).
+CPU_ENCODE_BATCH = 1
 
 
-def default_batch_size(device: str) -> int:
-    """The batch size for ``device`` (``auto`` asks CTranslate2 whether a GPU is there)."""
+def on_gpu(device: str) -> bool:
+    """Whether ``device`` means a GPU (``auto`` asks CTranslate2 whether one is there)."""
     if device == "auto":
         import ctranslate2
 
-        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    return CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE
+        return bool(ctranslate2.get_cuda_device_count() > 0)
+    return device == "cuda"
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size for ``device``."""
+    return CUDA_BATCH_SIZE if on_gpu(device) else CPU_BATCH_SIZE
+
+
+def default_batch_rows(device: str, batch_size: int) -> int:
+    """Decoder rows per batch for ``device``: on a GPU twice the batch size, so a
+    batch of beam-5 or fallback windows holds fewer windows instead of running
+    out of memory; on a CPU no limit (memory is not what runs out there)."""
+    return 2 * batch_size if on_gpu(device) else 0
+
+
+def default_encode_batch(device: str) -> int:
+    """Windows per encoder call: one on a CPU; a GPU encodes a whole group at once."""
+    return CPU_ENCODE_BATCH if not on_gpu(device) else CUDA_BATCH_SIZE
 
 
 class WhisperEngine:
@@ -73,11 +92,13 @@ class WhisperEngine:
                 self.runner.run,
                 prepare=self.runner.prepare,
                 options=options,
+                weight_of=self.runner.decoder_rows,
                 clock=clock,
                 name="whisper",
             )
         )
         self._started = False
+        self._fallbacks = 0
 
     async def start(self) -> None:
         """Load the model in a thread (seconds), then start batching."""
@@ -109,9 +130,11 @@ class WhisperEngine:
                 # Every temperature failed the checks: keep faster-whisper's pick.
                 threshold = window.options.compression_ratio_threshold
                 return best_attempt(attempts, threshold).result
+            self._fallbacks += 1
             current = dataclasses.replace(current, temperature_index=current.temperature_index + 1)
 
     def cancel_job(self, job_id: str) -> int:
+        self.runner.encoder_cache.discard_job(job_id)
         return self._batcher.cancel_job(job_id)
 
     def queue_position(self, job_id: str) -> int | None:
@@ -119,7 +142,12 @@ class WhisperEngine:
 
     @property
     def stats(self) -> EngineStats:
-        return self._batcher.stats
+        fields = {f.name: getattr(self._batcher.stats, f.name) for f in dataclasses.fields(BatcherStats)}
+        return EngineStats(
+            **fields,
+            fallbacks=self._fallbacks,
+            encoder_cache_hits=self.runner.encoder_cache.stats.hits,
+        )
 
     async def drain(self, timeout: float) -> bool:
         return await self._batcher.drain(timeout)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from batching.encoder_cache import EncoderCache
 from batching.segmenting import split_tokens
 from batching.types import (
     WINDOW_SAMPLES,
@@ -44,10 +45,17 @@ N_FRAMES = 3000  # mel frames in a 30 s window: the encoder's fixed input length
 # context, less the <|startofprev|> token), as faster-whisper cuts it.
 MAX_PREVIOUS_TOKENS = MAX_LENGTH // 2 - 1
 # Rows with different context lengths cannot share a generate call (see
-# _generate_groups). A window conditioned on the previous window's text has its
+# WhisperRunner._run_rows). A window conditioned on the previous window's text has its
 # context shortened to a multiple of this (dropping its oldest few tokens), so
 # conditioned windows of different jobs still batch together.
 CONTEXT_BUCKET = 16
+# Encoder input lengths (mel frames) for trimmed short windows, and the silence
+# kept after the audio: a window shorter than 30 s by enough is encoded at the
+# smallest bucket that holds it (see WhisperRunner.encoder_frames).
+TRIM_BUCKETS = (1000, 1500, 2000)
+TRIM_MARGIN_FRAMES = 100
+# The encoder cache's default bound: about 100 tiny/base windows, 30 large ones.
+DEFAULT_ENCODER_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -85,11 +93,26 @@ class Fallback:
 
 @dataclass
 class PreparedBatch:
-    """What ``prepare`` hands to ``run``: mel features for the rows that could be read."""
+    """What ``prepare`` hands to ``run``, per window that could be read.
 
-    features: np.ndarray  # float32 [rows that could be read, n_mels, 3000]
-    rows: list[int]  # index into the window list of each feature row
+    A row has either mel features (``[n_mels, frames]``, ``frames`` a multiple of
+    the encoder's stride, at most 3000) or, for a window decoded again after a
+    fallback, its kept encoder output (``[frames // 2, d_model]``).
+    """
+
+    rows: list[int]  # index into the window list of each readable row
+    features: list[np.ndarray | None]  # per row: mel features, None when cached
+    cached: list[np.ndarray | None]  # per row: the kept encoder output, or None
     errors: dict[int, BaseException] = field(default_factory=dict)  # unreadable windows
+
+    def frames(self, k: int) -> int:
+        """Mel frames of row ``k`` (the encoder's input length)."""
+        feat = self.features[k]
+        if feat is not None:
+            return int(feat.shape[-1])
+        cached = self.cached[k]
+        assert cached is not None
+        return int(cached.shape[0]) * 2
 
 
 def best_attempt(
@@ -149,6 +172,10 @@ class WhisperRunner:
         compute_type: str = "default",
         cpu_threads: int = 0,
         num_workers: int = 1,
+        device_index: int = 0,
+        encode_batch_size: int = 1,
+        trim_short: bool = False,
+        encoder_cache_bytes: int = DEFAULT_ENCODER_CACHE_BYTES,
     ) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
@@ -157,6 +184,11 @@ class WhisperRunner:
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads
         self.num_workers = num_workers
+        self.device_index = device_index
+        # rows per encoder call on a CPU (a GPU encodes a whole group at once)
+        self.encode_batch_size = max(1, encode_batch_size)
+        self.trim_short = trim_short
+        self.encoder_cache = EncoderCache(encoder_cache_bytes)
         self._wm: Any = None  # faster_whisper.WhisperModel once loaded
         self._info: ModelInfo | None = None
         self._tokenizers: dict[tuple[str, str], Any] = {}
@@ -177,6 +209,7 @@ class WhisperRunner:
         wm = WhisperModel(
             self.model_name,
             device=device,
+            device_index=self.device_index,
             compute_type=compute_type,
             cpu_threads=self.cpu_threads,
             num_workers=self.num_workers,
@@ -216,40 +249,64 @@ class WhisperRunner:
 
     # -- prepare (CPU threads) -------------------------------------------------
 
+    def window_key(self, window: WindowRequest) -> tuple[Any, ...]:
+        """What identifies a window's audio: the encoder-cache key (job id first)."""
+        a = window.audio
+        return (window.job_id, window.index, a.path, a.start_sample, a.num_samples)
+
+    def encoder_frames(self, duration: float) -> int:
+        """The encoder's input length for a window of ``duration`` seconds.
+
+        3000 frames (30 s) unless short windows are trimmed, then the smallest
+        bucket that holds the audio plus a margin of silence.
+        """
+        if not self.trim_short:
+            return N_FRAMES
+        need = math.ceil(duration * 100) + TRIM_MARGIN_FRAMES
+        return next((b for b in TRIM_BUCKETS if need <= b), N_FRAMES)
+
     def prepare(self, windows: list[WindowRequest]) -> PreparedBatch:
-        """Read each window's audio and compute its log-mel features, padded to 30 s.
+        """Read each window's audio and compute its log-mel features, zero-padded.
 
         Features are computed on the window's own samples and then zero-padded to
-        3000 frames, as faster-whisper does for the last window of a file, so a
-        window decodes the same here as the same audio alone would there.
-        Padding the audio with silence before the log-mel instead (as
-        openai-whisper does) was measured worse on long media (bench/longmedia.py,
-        4 x 6 min, tiny.en: WER 8.4 % against 7.1 % with VAD, 9.8 % against
-        8.2 % without).
+        the encoder's input length (3000 frames, or a shorter bucket for a short
+        window when ``trim_short`` is on), as faster-whisper does for the last
+        window of a file, so a window decodes the same here as the same audio
+        alone would there. Padding the audio with silence before the log-mel
+        instead (as openai-whisper does) was measured worse on long media
+        (bench/longmedia.py, 4 x 6 min, tiny.en: WER 8.4 % against 7.1 % with
+        VAD, 9.8 % against 8.2 % without). A window decoded again after a
+        fallback skips all this when its encoder output was kept.
         """
         if self._wm is None:
             raise RuntimeError("the model is not loaded yet; call load() first")
         fe = self._wm.feature_extractor
-        feats: list[np.ndarray] = []
-        rows: list[int] = []
-        errors: dict[int, BaseException] = {}
+        out = PreparedBatch(rows=[], features=[], cached=[])
         for i, window in enumerate(windows):
             try:
+                kept = (
+                    self.encoder_cache.take(self.window_key(window))
+                    if window.temperature_index > 0
+                    else None
+                )
+                if kept is not None:
+                    out.rows.append(i)
+                    out.features.append(None)
+                    out.cached.append(kept)
+                    continue
                 audio = window.audio.read()[:WINDOW_SAMPLES]
                 if audio.size == 0:
                     audio = np.zeros(fe.hop_length, dtype=np.float32)
                 mel = fe(audio)[:, :-1]  # the extractor adds one frame of padding
-                padded = np.zeros((mel.shape[0], N_FRAMES), dtype=np.float32)
-                padded[:, : min(N_FRAMES, mel.shape[1])] = mel[:, :N_FRAMES]
-                feats.append(padded)
-                rows.append(i)
+                frames = self.encoder_frames(window.duration)
+                padded = np.zeros((mel.shape[0], frames), dtype=np.float32)
+                padded[:, : min(frames, mel.shape[1])] = mel[:, :frames]
+                out.rows.append(i)
+                out.features.append(padded)
+                out.cached.append(None)
             except Exception as exc:  # one unreadable file fails only its window
-                errors[i] = exc
-        n_mels = self.info.n_mels
-        stacked = (
-            np.stack(feats) if feats else np.zeros((0, n_mels, N_FRAMES), dtype=np.float32)
-        )
-        return PreparedBatch(features=stacked, rows=rows, errors=errors)
+                out.errors[i] = exc
+        return out
 
     # -- run (the model thread) ------------------------------------------------
 
@@ -263,121 +320,172 @@ class WhisperRunner:
         out: list[WindowResult | Fallback | BaseException | None] = [None] * len(windows)
         for i, exc in prepared.errors.items():
             out[i] = exc
-        rows = prepared.rows
-        if rows:
-            for i, value in zip(rows, self._run_rows([windows[i] for i in rows], prepared.features)):
+        if prepared.rows:
+            sub = [windows[i] for i in prepared.rows]
+            for i, value in zip(prepared.rows, self._run_rows(sub, prepared)):
                 out[i] = value
         return [v if v is not None else RuntimeError("window was not decoded") for v in out]
 
     def _run_rows(
-        self, windows: list[WindowRequest], features: np.ndarray
+        self, windows: list[WindowRequest], prepared: PreparedBatch
+    ) -> list[WindowResult | Fallback | BaseException]:
+        """Decode readable rows: one encode + generate (+ align) per decoding group.
+
+        Rows are grouped before encoding by what a ``generate`` call must share
+        (encoder length, temperature, beam size, prompt layout, word timing), so
+        each group's encoder output goes to ``generate`` and ``align`` whole: on
+        a GPU it never leaves the device, except for a window whose kept encoder
+        output comes from host memory and for a group that mixes languages for
+        word timing.
+        """
+        n = len(windows)
+        out: list[WindowResult | Fallback | BaseException] = [
+            RuntimeError("window was not decoded") for _ in range(n)
+        ]
+        groups: dict[tuple[int, float, int, int, bool], list[int]] = {}
+        for k, w in enumerate(windows):
+            t, beam = self._temperature_and_beam(w)
+            # The prompt's layout does not depend on the language: "en" stands in
+            # for a language still to be detected.
+            sot_at = self._prompt(w, "en").index(self._tokenizer("en", w.options.task).sot)
+            key = (prepared.frames(k), t, beam, sot_at, w.options.word_timestamps)
+            groups.setdefault(key, []).append(k)
+        for (_, temperature, beam, _, _), idx in groups.items():
+            results = self._run_group([windows[k] for k in idx], prepared, idx, temperature, beam)
+            for k, value in zip(idx, results):
+                out[k] = value
+        return out
+
+    def decoder_rows(self, window: WindowRequest) -> int:
+        """Rows the window takes in ``generate``: its beams, or its sampled
+        candidates when decoded warmer; the batcher counts them against
+        ``max_batch_weight``, since they are what fills a GPU's memory."""
+        t, beam = self._temperature_and_beam(window)
+        return BEST_OF if t > 0 else beam
+
+    def _temperature_and_beam(self, w: WindowRequest) -> tuple[float, int]:
+        temps = w.options.temperatures or (0.0,)
+        t = float(temps[min(w.temperature_index, len(temps) - 1)])
+        return t, (1 if t > 0 else max(1, w.options.beam_size))
+
+    def _encode(self, prepared: PreparedBatch, idx: list[int]) -> tuple[Any, np.ndarray | None]:
+        """The encoder output of rows ``idx`` (one encoder length) for ``generate``,
+        and the same on the host when it is there anyway (CPU, or kept rows).
+
+        On a CPU the encoder runs in sub-batches of ``encode_batch_size`` rows,
+        the size cheapest per window there (the decoder is what gains from big
+        batches); on a GPU in one call, which stays on the device.
+        """
+        import ctranslate2
+
+        model = self._wm.model
+        fresh = [k for k in idx if prepared.features[k] is not None]
+        on_gpu = model.device == "cuda"
+        if on_gpu and len(fresh) == len(idx):
+            feats = np.stack([prepared.features[k] for k in idx])  # type: ignore[misc]
+            return model.encode(ctranslate2.StorageView.from_array(feats)), None
+        host: dict[int, np.ndarray] = {}
+        step = len(fresh) if on_gpu else max(1, self.encode_batch_size)
+        for s in range(0, len(fresh), step):
+            chunk = fresh[s : s + step]
+            feats = np.stack([prepared.features[k] for k in chunk])  # type: ignore[misc]
+            encoded = np.asarray(
+                model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=on_gpu)
+            )
+            for j, k in enumerate(chunk):
+                host[k] = encoded[j]
+        for k in idx:
+            if k not in host:
+                host[k] = prepared.cached[k]  # type: ignore[assignment]
+        stacked = np.stack([host[k] for k in idx])
+        return ctranslate2.StorageView.from_array(stacked), stacked
+
+    def _run_group(
+        self,
+        windows: list[WindowRequest],
+        prepared: PreparedBatch,
+        idx: list[int],
+        temperature: float,
+        beam_size: int,
     ) -> list[WindowResult | Fallback | BaseException]:
         import ctranslate2
 
         model = self._wm.model
         n = len(windows)
-        # Generate groups and word-timing groups need rows sliced out of the
-        # encoder output, which goes through numpy and so host memory. On CPU that
-        # is free; on CUDA ask for a host copy up front when the batch looks mixed.
-        mixed = len({(w.options.initial_prompt, w.options.temperatures, w.temperature_index,
-                      w.options.beam_size) for w in windows}) > 1  # fmt: skip
-        mixed = mixed or any(w.options.word_timestamps for w in windows)
-        to_cpu = model.device == "cuda" and mixed
-        encoded = model.encode(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=to_cpu
-        )
-        host: list[np.ndarray] = []
+        encoded, host = self._encode(prepared, idx)
+        frames = prepared.frames(idx[0])
 
-        def subset(idx: list[int]) -> Any:
-            if len(idx) == n:
+        def rows_of(sel: list[int]) -> Any:
+            """Encoder output of some rows of the group (host slicing; rare on a GPU)."""
+            nonlocal host
+            if len(sel) == n:
                 return encoded
-            if model.device == "cuda" and not to_cpu:
-                # Rare (a group split we did not foresee): encode those rows again.
-                return model.encode(
-                    ctranslate2.StorageView.from_array(np.ascontiguousarray(features[idx]))
-                )
-            if not host:
-                host.append(np.asarray(encoded))
-            return ctranslate2.StorageView.from_array(np.ascontiguousarray(host[0][idx]))
+            if host is None:
+                host = np.asarray(encoded.to_device(ctranslate2.Device.cpu))
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(host[sel]))
 
         languages = self._languages(windows, encoded)
-        groups = self._generate_groups(windows, languages)
-
-        decoded: list[dict[str, Any] | None] = [None] * n
-        for (temperature, beam_size, _), members in groups.items():
-            idx = [i for i, _ in members]
-            prompts = [p for _, p in members]
-            if temperature > 0:
-                kwargs: dict[str, Any] = dict(
-                    beam_size=1,
-                    num_hypotheses=BEST_OF,
-                    sampling_topk=0,
-                    sampling_temperature=temperature,
-                )
-            else:
-                kwargs = dict(beam_size=beam_size, patience=1.0)
-            results = model.generate(
-                subset(idx),
-                prompts,
-                max_length=MAX_LENGTH,
-                return_scores=True,
-                return_no_speech_prob=True,
-                suppress_blank=True,
-                suppress_tokens=self._suppress,
-                max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
-                **kwargs,
+        prompts = [self._prompt(w, languages[j][0]) for j, w in enumerate(windows)]
+        if temperature > 0:
+            kwargs: dict[str, Any] = dict(
+                beam_size=1,
+                num_hypotheses=BEST_OF,
+                sampling_topk=0,
+                sampling_temperature=temperature,
             )
-            for i, res in zip(idx, results):
-                tokens = list(res.sequences_ids[0])
-                # Recover the average log prob from the length-normalised score,
-                # exactly as faster-whisper does (length_penalty = 1).
-                avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1)
-                decoded[i] = dict(
+        else:
+            kwargs = dict(beam_size=beam_size, patience=1.0)
+        results = model.generate(
+            encoded,
+            prompts,
+            max_length=MAX_LENGTH,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
+            **kwargs,
+        )
+        decoded: list[dict[str, Any]] = []
+        for res in results:
+            tokens = list(res.sequences_ids[0])
+            # Recover the average log prob from the length-normalised score,
+            # exactly as faster-whisper does (length_penalty = 1).
+            avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1)
+            decoded.append(
+                dict(
                     tokens=tokens,
                     avg_logprob=float(avg_logprob),
                     no_speech_prob=float(res.no_speech_prob),
                     temperature=temperature,
                 )
+            )
 
         out: list[WindowResult | Fallback | BaseException] = [
             RuntimeError("window was not decoded") for _ in range(n)
         ]
         segments: list[list[dict] | None] = [None] * n
-        for i, window in enumerate(windows):
+        for j, window in enumerate(windows):
             try:
-                segments[i] = self._segments(window, decoded[i], languages[i][0])
+                segments[j] = self._segments(window, decoded[j], languages[j][0])
             except Exception as exc:
-                out[i] = exc
-        for i, exc in self._add_words(windows, segments, languages, subset).items():
-            out[i], segments[i] = exc, None
-        for i, window in enumerate(windows):
-            if segments[i] is None:
+                out[j] = exc
+        for j, exc in self._add_words(windows, segments, languages, rows_of, frames).items():
+            out[j], segments[j] = exc, None
+        for j, window in enumerate(windows):
+            if segments[j] is None:
                 continue
             try:
-                out[i] = self._finish(window, decoded[i], segments[i], languages[i])
+                out[j] = self._finish(window, decoded[j], segments[j], languages[j])
             except Exception as exc:
-                out[i] = exc
+                out[j] = exc
+        retries = [j for j, v in enumerate(out) if isinstance(v, Fallback) and v.retry]
+        if retries and self.encoder_cache.max_bytes > 0:
+            if host is None:
+                host = np.asarray(encoded.to_device(ctranslate2.Device.cpu))
+            for j in retries:
+                self.encoder_cache.put(self.window_key(windows[j]), host[j])
         return out
-
-    def _generate_groups(
-        self, windows: list[WindowRequest], languages: list[tuple[str, float]]
-    ) -> dict[tuple[float, int, int], list[tuple[int, list[int]]]]:
-        """Rows that can share one ``generate`` call, with each row's own prompt.
-
-        CTranslate2 takes one temperature and one beam size per call, and wants
-        <|startoftranscript|> at the same position in every prompt, so rows are
-        grouped by (temperature, beam size, length of the initial-prompt context).
-        Windows without an initial prompt, the common case, all share a group.
-        """
-        groups: dict[tuple[float, int, int], list[tuple[int, list[int]]]] = {}
-        for i, w in enumerate(windows):
-            temps = w.options.temperatures or (0.0,)
-            t = float(temps[min(w.temperature_index, len(temps) - 1)])
-            beam = 1 if t > 0 else max(1, w.options.beam_size)
-            prompt = self._prompt(w, languages[i][0])
-            sot_at = prompt.index(self._tokenizer(languages[i][0], w.options.task).sot)
-            groups.setdefault((t, beam, sot_at), []).append((i, prompt))
-        return groups
 
     def _languages(self, windows: list[WindowRequest], encoded: Any) -> list[tuple[str, float]]:
         multilingual = self._wm.model.is_multilingual
@@ -390,7 +498,7 @@ class WhisperRunner:
                 # An English-only model can only write English, whatever was asked.
                 langs.append((lang, 1.0) if multilingual else ("en", 1.0))
         if any(x is None for x in langs):
-            # One call for the batch: it is a single decoder step per row, cheaper
+            # One call for the group: it is a single decoder step per row, cheaper
             # than slicing the encoder output down to the rows that need it.
             detected = self._wm.model.detect_language(encoded)
             for i, x in enumerate(langs):
@@ -458,6 +566,7 @@ class WhisperRunner:
         segments: list[list[dict] | None],
         languages: list[tuple[str, float]],
         subset: Any,
+        frames: int,
     ) -> dict[int, BaseException]:
         from faster_whisper import WhisperModel
 
@@ -472,7 +581,7 @@ class WhisperRunner:
             text_tokens = [
                 [t for seg in segments[i] for t in seg["tokens"] if t < tok.eot] for i in idx
             ]
-            num_frames = [min(N_FRAMES, math.ceil(windows[i].duration * fps)) for i in idx]
+            num_frames = [min(frames, math.ceil(windows[i].duration * fps)) for i in idx]
             # One align call per (language, task): its start sequence is shared.
             alignments = self._wm.find_alignment(tok, text_tokens, subset(idx), num_frames)
             for i, alignment in zip(idx, alignments):

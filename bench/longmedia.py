@@ -185,11 +185,13 @@ class Server:
     Its own session, so a Ctrl-C reaches this script, which stops it in order.
     """
 
-    def __init__(self, root: Path, *, model: str, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self, root: Path, *, model: str, data_dir: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "PYTHONPATH": str(root), "ALTYAZI_STORAGE_MIN_FREE_MB": "1"}
+        env = {**os.environ, "PYTHONPATH": str(root), "ALTYAZI_STORAGE_MIN_FREE_MB": "1", **(env or {})}
         env.pop("ALTYAZI_SERVER_PORT", None)
         self._log = open(log_path, "wb")
         # cwd first on sys.path: the checkout's app package wins over the venv's editable install.

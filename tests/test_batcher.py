@@ -90,6 +90,7 @@ async def make() -> AsyncIterator[Factory]:
             max_batch_size=kwargs.pop("max_batch_size", 16),
             max_wait_s=kwargs.pop("max_wait_s", 0.01),
             prepare_threads=kwargs.pop("prepare_threads", 2),
+            max_batch_weight=kwargs.pop("max_batch_weight", 0),
         )
         batcher: MicroBatcher[W, Any, str] = MicroBatcher(
             model.run, prepare=model.prepare if with_prepare else None, **kwargs
@@ -385,6 +386,65 @@ def test_default_is_oom() -> None:
     assert default_is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert not default_is_oom(RuntimeError("device-side assert"))
     assert not default_is_oom(ValueError("out of memory"))
+
+
+def test_default_is_oom_knows_allocation_failures_by_type_and_status() -> None:
+    class OutOfMemoryError(RuntimeError):  # torch.cuda's and CuPy's name
+        pass
+
+    class DeviceOOM(OutOfMemoryError):
+        pass
+
+    assert default_is_oom(OutOfMemoryError("no message"))
+    assert default_is_oom(DeviceOOM(""))
+    # what CTranslate2 raises when cuBLAS or the allocator fails
+    assert default_is_oom(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_ALLOC_FAILED"))
+    assert default_is_oom(RuntimeError("CUDA failed with error cudaErrorMemoryAllocation"))
+    assert default_is_oom(RuntimeError("std::bad_alloc"))
+    assert not default_is_oom(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED"))
+
+
+async def test_out_of_memory_caps_later_batches_below_the_size_that_failed(make: Factory) -> None:
+    batcher, model = await make(max_batch_size=8, max_wait_s=0.0)
+
+    def fits_six(batch: list[W]) -> Sequence[str]:
+        if len(batch) > 6:
+            raise RuntimeError("CUDA failed with error out of memory")
+        return [answer(i) for i in batch]
+
+    model.behaviour = fits_six
+    model.gate.clear()
+    first = submit_all(batcher, items("A", "a", 8))
+    await next_batch(model.entered)
+    later = submit_all(batcher, items("B", "b", 8))
+    model.gate.set()
+    assert all(isinstance(r, str) for r in await results(first + later))
+    assert model.sizes()[:3] == [8, 4, 4]
+    assert batcher.stats.oom_cap == 6  # three quarters of 8
+    assert model.sizes()[3:] == [6, 2]  # the waiting 8 went as 6 + 2, not 8 again
+
+
+async def test_weights_count_against_the_batch_limit(make: Factory) -> None:
+    # beam search: a window at beam 5 takes 5 decoder rows
+    def rows(item: W) -> int:
+        return 5 if item.job_id == "beam" else 1
+
+    batcher, model = await make(max_batch_size=16, max_wait_s=0.0, max_batch_weight=8, weight_of=rows)
+    model.gate.clear()
+    blocker = submit_all(batcher, items("Z", "z", 1))
+    await next_batch(model.entered)
+    work = submit_all(batcher, items("A", "beam", 3) + items("B", "greedy", 6))
+    model.gate.set()
+    await results(blocker + work)
+    weights = [sum(rows(i) for i in b) for b in model.batches[1:]]
+    assert all(w <= 8 for w in weights), weights
+    assert sum(len(b) for b in model.batches[1:]) == 9
+
+
+async def test_an_item_heavier_than_the_limit_still_runs_alone(make: Factory) -> None:
+    batcher, model = await make(max_batch_size=4, max_wait_s=0.0, max_batch_weight=2, weight_of=lambda i: 5)
+    assert await results(submit_all(batcher, items("A", "a", 2))) == ["done a#0", "done a#1"]
+    assert model.sizes() == [1, 1]
 
 
 async def test_prepare_overlaps_the_running_batch_off_the_model_thread(make: Factory) -> None:

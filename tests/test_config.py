@@ -72,3 +72,52 @@ def test_batch_size_zero_picks_by_device() -> None:
     assert batch_size_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cpu"})) == CPU_BATCH_SIZE
     assert batch_size_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cuda"})) == CUDA_BATCH_SIZE
     assert batch_size_for(load_config(environ={"ALTYAZI_BATCHING_MAX_BATCH_SIZE": "7"})) == 7
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [("0", [0]), ("1,0", [1, 0]), (" 2 , 3 ", [2, 3])],
+)
+def test_device_index_is_one_gpu_or_a_list(raw: str, want: list[int]) -> None:
+    assert load_config(environ={"ALTYAZI_MODEL_DEVICE_INDEX": raw}).model.device_index == want
+
+
+def test_device_index_from_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("[model]\ndevice_index = [0, 1]\n")
+    assert load_config(toml, environ={}).model.device_index == [0, 1]
+    toml.write_text("[model]\ndevice_index = 1\n")
+    assert load_config(toml, environ={}).model.device_index == [1]
+
+
+@pytest.mark.parametrize("raw", ["x", "0,0", "-1", "1.5", ""])
+def test_bad_device_index_names_the_key(raw: str) -> None:
+    with pytest.raises(ConfigError, match="model.device_index"):
+        load_config(environ={"ALTYAZI_MODEL_DEVICE_INDEX": raw})
+
+
+def test_several_gpus_give_one_engine_per_device() -> None:
+    from app.model_files import ResolvedModel
+    from app.serving import engine_for
+    from batching.spread import SpreadEngine
+    from batching.whisper_engine import WhisperEngine
+
+    resolved = ResolvedModel(name="tiny.en", path_or_id="/nonexistent", source="test", multilingual=False)
+    cfg = load_config(environ={"ALTYAZI_MODEL_DEVICE": "cuda", "ALTYAZI_MODEL_DEVICE_INDEX": "0,1"})
+    engine = engine_for(cfg, resolved)  # nothing is loaded before start()
+    assert isinstance(engine, SpreadEngine)
+    assert [e.runner.device_index for e in engine.engines if isinstance(e, WhisperEngine)] == [0, 1]
+    single = engine_for(load_config(environ={"ALTYAZI_MODEL_DEVICE": "cpu"}), resolved)
+    assert isinstance(single, WhisperEngine) and single.runner.encode_batch_size == 1
+
+
+def test_batch_rows_and_vad_threads_by_device() -> None:
+    from app.application import vad_threads
+    from app.serving import batcher_options
+
+    gpu = load_config(environ={"ALTYAZI_MODEL_DEVICE": "cuda"})
+    cpu = load_config(environ={"ALTYAZI_MODEL_DEVICE": "cpu"})
+    assert batcher_options(gpu).max_batch_weight == 2 * batcher_options(gpu).max_batch_size
+    assert batcher_options(cpu).max_batch_weight == 0
+    assert (vad_threads(gpu), vad_threads(cpu)) == (4, 1)
+    assert vad_threads(load_config(environ={"ALTYAZI_BATCHING_VAD_THREADS": "3"})) == 3

@@ -271,3 +271,51 @@ def test_language_is_detected_per_row(base_model: Path, media) -> None:  # type:
     assert en.language == "en"
     assert (forced.language, forced.language_probability) == ("en", 1.0)
     assert "portal" in result_text(de).lower()
+
+
+# ------------------------------------------------------- throughput steps
+
+
+def test_a_short_window_is_encoded_trimmed_and_reads_the_same(runner, media) -> None:  # type: ignore[no-untyped-def]
+    ws = [window(media[f"say{i}"], f"t{i}", language="en") for i in range(len(SENTENCES))]
+    padded = [result_text(r) for r in runner.run(ws, runner.prepare(ws))]
+    runner.trim_short = True
+    try:
+        prepared = runner.prepare(ws)
+        trimmed = [result_text(r) for r in runner.run(ws, prepared)]
+        assert runner.encoder_frames(29.0) == 3000 and runner.encoder_frames(14.0) == 1500
+    finally:
+        runner.trim_short = False
+    # espeak sentences are 2-5 s: the smallest bucket (10 s), a third of the work
+    assert {prepared.frames(k) for k in range(len(ws))} == {1000}
+    for keyword, a, b in zip(KEYWORDS, padded, trimmed):
+        assert keyword in words(a) and keyword in words(b), (a, b)
+
+
+def test_encoder_sub_batches_decode_as_the_whole_batch(runner, media) -> None:  # type: ignore[no-untyped-def]
+    ws = [window(media[f"say{i}"], f"s{i}", language="en") for i in range(len(SENTENCES))]
+    runner.encode_batch_size = len(ws)
+    try:
+        whole = [result_text(r) for r in runner.run(ws, runner.prepare(ws))]
+    finally:
+        runner.encode_batch_size = 1
+    one_by_one = [result_text(r) for r in runner.run(ws, runner.prepare(ws))]
+    assert whole == one_by_one
+
+
+async def test_a_fallback_reuses_its_encoder_output(runner, media) -> None:  # type: ignore[no-untyped-def]
+    from batching.whisper_engine import WhisperEngine
+
+    engine = WhisperEngine(runner, options=BatcherOptions(max_batch_size=4, max_wait_s=0.0, prepare_threads=1))
+    await engine.start()
+    try:
+        hits = runner.encoder_cache.stats.hits
+        # a log-prob threshold nothing reaches: every temperature falls back
+        w = window(media["say0"], "fb", language="en", log_prob_threshold=0.0, temperatures=(0.0, 0.2, 0.4))
+        result = await engine.transcribe(w)
+        assert "lazy" in words(result_text(result))
+        assert engine.stats.fallbacks == 2
+        assert runner.encoder_cache.stats.hits - hits == 2  # neither retry ran the encoder
+        assert runner.encoder_cache.stats.entries == 0  # the last attempt kept nothing
+    finally:
+        await engine.stop()

@@ -253,3 +253,26 @@ def test_thirty_minutes_need_little_memory(tmp_path: Path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["windows"] >= 60  # at least two windows per spoken minute
     assert result["growth_mb"] < 100, result
+
+
+def test_the_vad_gate_is_taken_per_block_not_per_file(tmp_path: Path):
+    # Jobs share a few VAD workers through this gate: held for one block at a
+    # time, a long file lets a short one's blocks in between its own.
+    import threading
+
+    entered: list[int] = []
+    gate = threading.BoundedSemaphore(1)
+
+    class Counting:
+        def __enter__(self) -> None:
+            gate.acquire()
+            entered.append(1)
+
+        def __exit__(self, *exc: object) -> None:
+            gate.release()
+
+    noise = np.random.default_rng(1).normal(0, 0.001, 150 * SAMPLE_RATE)
+    pcm = write_pcm(tmp_path / "quiet.pcm", noise)
+    assert list(iter_windows(pcm, vad=True, gate=Counting)) == []
+    assert len(entered) == 3  # 60 + 60 + 30 s
+    assert gate.acquire(blocking=False)  # released after every block

@@ -235,6 +235,10 @@ class _StateCollector:
         yield _counter("altyazi_batch_windows_failed", "Audio windows whose batch failed.", stats.items_failed)
         yield _counter("altyazi_batch_windows_cancelled", "Audio windows withdrawn before they ran.", stats.items_cancelled)
         yield _counter("altyazi_batch_oom_splits", "Batches halved after an out-of-memory error.", stats.ooms_split)
+        yield _counter("altyazi_fallbacks", "Audio windows decoded again one temperature warmer.", stats.fallbacks)
+        yield _counter(
+            "altyazi_encoder_cache_hits", "Fallback windows that reused their kept encoder output.", stats.encoder_cache_hits
+        )
         yield _batch_size_histogram(stats.batch_size_histogram)
         run_s = float(stats.total_run_s)
         audio_s = float(state.manager.audio_seconds_done)

@@ -101,7 +101,10 @@ class JobManager:
         # How many of one owner's jobs may run at once (None: no cap); set by
         # the app from the owner's key, so extra jobs wait in the fair queue.
         self.owner_cap: Callable[[str], int | None] = lambda owner: None
-        self._vad_limiter = anyio.CapacityLimiter(self.limits.vad_threads)
+        # VAD: one scanning thread per job that is planning windows (they mostly
+        # wait), and ``vad_threads`` of them analysing a block at any moment.
+        self._vad_scans = anyio.CapacityLimiter(max(64, self.limits.vad_threads))
+        self._vad_gate = threading.BoundedSemaphore(self.limits.vad_threads)
         self._tasks = TaskRegistry("job")
         # Audio seconds finished and when: the base of Retry-After estimates.
         self.audio_seconds_done = 0.0
@@ -317,7 +320,7 @@ class JobManager:
             def scan() -> None:
                 # In a worker thread: windows reach the loop as each VAD block is done.
                 try:
-                    for span in iter_windows(pcm, vad=options.vad):
+                    for span in iter_windows(pcm, vad=options.vad, gate=lambda: self._vad_gate):
                         if stop.is_set():
                             return
                         loop.call_soon_threadsafe(spans.put_nowait, span)
@@ -325,7 +328,7 @@ class JobManager:
                     loop.call_soon_threadsafe(spans.put_nowait, None)
 
             scanner = tg.create_task(
-                anyio.to_thread.run_sync(scan, limiter=self._vad_limiter, abandon_on_cancel=True)
+                anyio.to_thread.run_sync(scan, limiter=self._vad_scans, abandon_on_cancel=True)
             )
             chain: Chain | None = None
             first = True

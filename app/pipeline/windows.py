@@ -37,8 +37,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
@@ -125,12 +127,16 @@ def iter_windows(
     vad: bool = True,
     max_window_s: float = WINDOW_SECONDS,
     block_s: float = 60.0,
+    gate: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Iterator[WindowSpan]:
     """Windows of at most ``max_window_s`` covering the speech (or, without VAD, all) of the file.
 
     Windows come in order, as the VAD finds them (one block of ``block_s`` at a
     time), so the first ones can be decoded while the rest of a long file is
     still being analysed. They do not overlap. Silence-only audio gives none.
+    ``gate`` is entered around each block's analysis: the job pipeline passes a
+    semaphore shared by every job, so VAD workers are taken one block at a
+    time and a 2-hour file never holds a short one's analysis back.
     """
     if not 1.0 <= max_window_s <= WINDOW_SECONDS:
         raise ValueError(f"max_window_s must be between 1 and {WINDOW_SECONDS:g}, not {max_window_s!r}")
@@ -143,7 +149,7 @@ def iter_windows(
     max_samples = int(max_window_s * SAMPLE_RATE)
     if not vad:
         return iter(_fixed_windows(total, max_samples))
-    raw = _raw_speech_spans(Path(pcm_path), total, max_window_s, int(block_s * SAMPLE_RATE))
+    raw = _raw_speech_spans(Path(pcm_path), total, max_window_s, int(block_s * SAMPLE_RATE), gate or nullcontext)
     return _pack(_pad(raw, total), max_samples)
 
 
@@ -158,7 +164,9 @@ def _fixed_windows(total: int, max_samples: int) -> list[WindowSpan]:
     ]
 
 
-def _raw_speech_spans(path: Path, total: int, max_window_s: float, block: int) -> Iterator[tuple[int, int]]:
+def _raw_speech_spans(
+    path: Path, total: int, max_window_s: float, block: int, gate: Callable[[], AbstractContextManager[Any]]
+) -> Iterator[tuple[int, int]]:
     """Speech spans ``(start, end)`` in samples, in order, before padding.
 
     Padding is added by :func:`_pad`, not by Silero: the unpadded gap between two
@@ -188,7 +196,8 @@ def _raw_speech_spans(path: Path, total: int, max_window_s: float, block: int) -
             f.seek(pos * BYTES_PER_SAMPLE)
             audio = np.fromfile(f, dtype="<i2", count=n).astype(np.float32)
             audio /= 32768.0
-            found = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
+            with gate():
+                found = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
             del audio
             next_pos = pos + n
             last_block = next_pos >= total
