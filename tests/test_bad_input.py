@@ -7,6 +7,7 @@ cut from one, at the start of the module.
 from __future__ import annotations
 
 import errno
+import os
 import json
 import re
 import socket
@@ -307,21 +308,18 @@ def test_free_space_is_checked_while_a_chunked_upload_streams(
         assert_nothing_left(server, client)
 
 
-class _FillingFile:
-    """A file on a disk that is full after ``room`` bytes: writes past it fail with ENOSPC."""
+class _FillingDisk:
+    """``os.writev`` on a disk that is full after ``room`` bytes: writes past it fail with ENOSPC."""
 
-    def __init__(self, path: Any, mode: str, room: int) -> None:
-        self._fh = open(path, mode)  # noqa: SIM115 - closed by the sink
+    def __init__(self, room: int) -> None:
         self._room = room
 
-    def write(self, data: bytes) -> int:
-        if len(data) > self._room:
+    def __call__(self, fd: int, buffers: Any) -> int:
+        size = sum(len(b) for b in buffers)
+        if size > self._room:
             raise OSError(errno.ENOSPC, "No space left on device")
-        self._room -= len(data)
-        return self._fh.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fh, name)
+        self._room -= size
+        return os.writev(fd, buffers)
 
 
 def test_a_disk_that_fills_during_an_upload_is_507(
@@ -329,7 +327,7 @@ def test_a_disk_that_fills_during_an_upload_is_507(
 ) -> None:
     # Before: the OSError escaped as a 500 and the partial file stayed behind.
     server = make_server(**{"storage.max_upload_mb": 64})
-    monkeypatch.setattr("app.api.uploads.open", lambda path, mode: _FillingFile(path, mode, 5 << 20), raising=False)
+    monkeypatch.setattr("app.api.uploads._writev", _FillingDisk(5 << 20))
     with server.client() as client:
         r = upload(client, big_wav)
         assert r.status_code == 507, r.text
