@@ -357,6 +357,7 @@ def main() -> None:
     ap.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--prepare-threads", type=int, default=1)
     ap.add_argument("--compute-type", default="int8")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--modes", default="abcdp", help="which of a, b, c, d, p to run (p: faster-whisper's defaults, beam 5)")
     ap.add_argument("--no-fairness", action="store_true")
     ap.add_argument("--steps", action="store_true", help="mode c once per engine step (old, enc, cache, trim)")
@@ -366,7 +367,7 @@ def main() -> None:
     args = ap.parse_args()
     counts = [int(x) for x in args.n.split(",") if x]
 
-    runner = WhisperRunner(args.model, device="cpu", compute_type=args.compute_type,
+    runner = WhisperRunner(args.model, device=args.device, compute_type=args.compute_type,
                            cpu_threads=args.cpu_threads)  # fmt: skip
     runner.load()
     engine_args = dict(runner_or_model_args=runner, options=BatcherOptions(max_batch_size=args.max_batch_size,

@@ -4,6 +4,17 @@
     .venv/bin/python bench/load.py --users 10,50,100     # a sweep; writes the plot bench/out/load.png
     .venv/bin/python bench/load.py --arrival steady --rate 2
     .venv/bin/python bench/load.py --long --users 100 --long-seconds 600 --no-compare   # memory bound
+    .venv/bin/python bench/load.py --users 100 --repeat 3   # batched and one-at-a-time alternately, 3 each
+
+``--repeat K`` runs batched and one-at-a-time alternately, K times each (so
+slow drift of a shared machine falls on both), and reports each mode's median
+throughput with the spread (min-max) of its runs, and the ratio of medians.
+
+``--long`` is the memory bound: every user uploads the same ``--long-seconds``
+clip of dense speech (8 s of speech every ``--long-speech-every`` s, 8.5 by
+default: continuous talk, so every window is decoded, not skipped as silence).
+The run fails (exit 1) when the server's peak RSS exceeds its RSS once the
+model was loaded by more than ``--rss-budget-mb`` (1536 MB by default).
 
 For each user count (and, with ``--compare``, once more with
 ``ALTYAZI_BATCHING_MAX_BATCH_SIZE=1``) the script starts the server as a
@@ -584,6 +595,33 @@ def format_tables(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def spread(runs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per user count: each mode's throughputs, median and range, and the ratio of medians."""
+    import statistics
+
+    out: dict[int, dict[str, Any]] = {}
+    for users in sorted({r["users"] for r in runs}):
+        row: dict[str, Any] = {}
+        for mode in ("batched", "one-at-a-time"):
+            xs = [r["throughput"] for r in runs if r["users"] == users and r["mode"] == mode and r["throughput"]]
+            if xs:
+                row[mode] = dict(runs=xs, median=statistics.median(xs), min=min(xs), max=max(xs))
+        if "batched" in row and "one-at-a-time" in row:
+            row["ratio_of_medians"] = row["batched"]["median"] / row["one-at-a-time"]["median"]
+        out[users] = row
+    return out
+
+
+def format_spread(table: dict[int, dict[str, Any]]) -> list[str]:
+    lines = []
+    for users, row in table.items():
+        parts = [f"{m} median {row[m]['median']:.1f} audio-s/s ({row[m]['min']:.1f}-{row[m]['max']:.1f}, {len(row[m]['runs'])} runs)"
+                 for m in ("batched", "one-at-a-time") if m in row]  # fmt: skip
+        ratio = f"; batched/one {row['ratio_of_medians']:.2f}" if "ratio_of_medians" in row else ""
+        lines.append(f"{users} users: " + "; ".join(parts) + ratio)
+    return lines
+
+
 def compare_ratios(runs: list[dict[str, Any]]) -> dict[int, dict[str, float | None]]:
     out: dict[int, dict[str, float | None]] = {}
     for b in runs:
@@ -663,7 +701,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="clip lengths in seconds; users take the <=60 s ones in turn and every 33rd a longer one")  # fmt: skip
     p.add_argument("--long", action="store_true", help="memory bound: every user uploads one --long-seconds clip")
     p.add_argument("--long-seconds", type=float, default=600.0)
-    p.add_argument("--long-speech-every", type=float, default=200.0, help="speech every N s in the long clip, silence between")
+    p.add_argument("--long-speech-every", type=float, default=8.5,
+                   help="8 s of speech every N s in the long clip (default 8.5: dense speech)")
+    p.add_argument("--rss-budget-mb", type=float, default=1536.0,
+                   help="--long fails when peak RSS exceeds the loaded model's RSS by more than this")
+    p.add_argument("--repeat", type=int, default=1, help="batched and one-at-a-time alternately, this many runs each")
     p.add_argument("--cache", type=Path, default=OUT / "clips", help="clip cache folder (built once, reused)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
@@ -700,9 +742,10 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[dict[str, Any]] = []
     modes = ([False, True] if args.one_first else [True, False]) if args.compare else [True]
+    over_budget: list[str] = []
     try:
         for users in counts:
-            for batched in modes:
+            for batched in modes * max(1, args.repeat):
                 cfg = RunConfig(
                     users=users, clips=clips_all[:users], arrival=args.arrival, rate=args.rate, batched=batched,
                     max_batch_size=args.max_batch_size, timeout_s=args.timeout, model=args.model, env=extra_env,
@@ -714,9 +757,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 print(
                     f"   wall {run['wall_s']:.1f} s, {_f(run['throughput'], nd=1)} audio-s/s, upload p99 {_f(run['upload_s']['p99'])} s, "
-                    f"errors {len(run['errors'])}, peak RSS {run['peak_rss_mb']:.0f} MB",
+                    f"errors {len(run['errors'])}, peak RSS {run['peak_rss_mb']:.0f} MB "
+                    f"(model loaded: {run['model_rss_mb']:.0f} MB)",
                     flush=True,
                 )
+                if args.long and run["peak_rss_mb"] - run["model_rss_mb"] > args.rss_budget_mb:
+                    over_budget.append(
+                        f"{users} users, {label}: peak RSS {run['peak_rss_mb']:.0f} MB is more than "
+                        f"{args.rss_budget_mb:.0f} MB over the loaded model's {run['model_rss_mb']:.0f} MB"
+                    )
     except KeyboardInterrupt:
         print("interrupted; the server was stopped", file=sys.stderr)
         if not runs:
@@ -739,14 +788,23 @@ def main(argv: list[str] | None = None) -> int:
                 "ratios": compare_ratios(runs),
                 "runs": runs,
             }
+            if args.repeat > 1:
+                report["spread"] = spread(runs)
+            if args.long:
+                report["rss_budget_mb"] = args.rss_budget_mb
+                report["over_budget"] = over_budget
             dest = args.out / f"load-{name}.json"
             dest.write_text(json.dumps(report, indent=1, default=str))
             print()
             print(format_tables(runs))
+            for line in format_spread(report.get("spread", {})):
+                print(line)
+            for line in over_budget:
+                print(f"MEMORY BOUND MISSED: {line}")
             print(f"\nwrote {dest}")
             if len({r["users"] for r in runs}) > 1 and not args.long and plot(runs, args.out / "load.png"):
                 print(f"wrote {args.out / 'load.png'}")
-    return 1 if any(r["errors"] for r in runs) else 0
+    return 1 if any(r["errors"] for r in runs) or over_budget else 0
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def score(run: Run, mixes: list[Mix]) -> None:
 def load_whisper(path: str, args: argparse.Namespace) -> Any:
     from faster_whisper import WhisperModel
 
-    return WhisperModel(path, device="cpu", compute_type=args.compute_type, cpu_threads=args.cpu_threads)
+    return WhisperModel(path, device=args.device, compute_type=args.compute_type, cpu_threads=args.cpu_threads)
 
 
 def run_sequential(model: Any, mixes: list[Mix], *, mode: str, beam: int, vad: bool) -> Run:
@@ -566,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny.en", help="tiny.en, base or a CTranslate2 folder (default tiny.en)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="faster-whisper threads; 0 = CTranslate2's default, as the server")
     ap.add_argument("--compute-type", default="int8")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="for every mode (altyazi gets ALTYAZI_MODEL_DEVICE and ALTYAZI_MODEL_COMPUTE_TYPE)")
     ap.add_argument("--batch-size", type=int, default=8, help="mode b's batch size")
     ap.add_argument("--b-beam-size", type=int, default=5, help="mode b's beam (its default is 5)")
     ap.add_argument("--job-option", action="append", default=[], metavar="NAME=VALUE", help="altyazi job option sent with every upload (repeatable)")
@@ -625,7 +627,8 @@ def bench(ap: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
         OUT.mkdir(parents=True, exist_ok=True)
         server_log = OUT / "server.log"
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="altyazi-longmedia-")))
-        server = Server(root, model=server_model, data_dir=tmp / "data", log_path=server_log)
+        server = Server(root, model=server_model, data_dir=tmp / "data", log_path=server_log,
+                        env={"ALTYAZI_MODEL_DEVICE": args.device, "ALTYAZI_MODEL_COMPUTE_TYPE": args.compute_type})  # fmt: skip
         stack.callback(server.stop)
         try:
             ready = server.wait_ready()
