@@ -9,6 +9,10 @@ The pipeline has three places an item can be, each owned by the event loop:
 
     queued (FairQueue) -> staged (gathered, being prepared or prepared) -> running
 
+An optional ``finish`` (CPU work on ``run``'s answers, e.g. turning tokens into
+text) runs in a thread of its own after ``run`` returns, so the model thread
+starts the next batch while the last one is finished; ``drain`` waits for both.
+
 At most one batch is staged, so items that arrive while the model is busy stay
 queued and can join the next batch instead of a stale one.
 
@@ -185,9 +189,15 @@ class MicroBatcher(Generic[T, P, R]):
         clock: Clock | None = None,
         is_oom: Callable[[BaseException], bool] = default_is_oom,
         weight_of: Callable[[T], int] | None = None,
+        finish: Callable[[list[T], Sequence[Any]], Sequence[R | BaseException]] | None = None,
         name: str = "model",
     ) -> None:
         self._run = run
+        # Optional CPU work on run()'s answers (one thread of its own), so the
+        # model thread hands its answers over and starts the next batch at once.
+        self._finish_fn = finish
+        self._finish_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._finishing: set[_Entry[T]] = set()
         self._prepare = prepare
         self._max_batch_size = options.max_batch_size
         self._max_wait_s = options.max_wait_s
@@ -210,7 +220,7 @@ class MicroBatcher(Generic[T, P, R]):
         self._staged: _Staged[T] | None = None
         self._running: list[_Entry[T]] = []
         self._model_busy = False
-        # Set while no batch is on the model; drain() waits on it.
+        # Set while no batch is on the model or being finished; drain() waits on it.
         self._model_idle = asyncio.Event()
         self._model_idle.set()
         self._run_started_at = 0.0
@@ -251,6 +261,10 @@ class MicroBatcher(Generic[T, P, R]):
         if self._prepare is not None:
             self._prepare_pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._prepare_threads, thread_name_prefix=f"altyazi-{self._name}-prepare"
+            )
+        if self._finish_fn is not None:
+            self._finish_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"altyazi-{self._name}-finish"
             )
         self._task = asyncio.create_task(self._serve(), name=f"altyazi-batcher-{self._name}")
         self._task.add_done_callback(self._on_task_done)
@@ -540,6 +554,9 @@ class MicroBatcher(Generic[T, P, R]):
         before any result is posted, so it does not include the callers' time)."""
         items = [e.item for e in entries]
         t0 = self._clock.now()
+        if self._oom_cap and len(entries) > 1 and sum(self._weight(e) for e in entries) > self._oom_cap:
+            # gathered before the cap was set: halve it without a known failure first
+            return self._run_halves(entries, t0)
         try:
             results = self._run(items, cast(P, payload))
         except Exception as exc:
@@ -572,7 +589,19 @@ class MicroBatcher(Generic[T, P, R]):
             )
             self._post(self._fail_batch, entries, mismatch, "run")
             return ended
-        self._post(self._deliver, entries, list(results))
+        if self._finish_fn is None:
+            self._post(self._deliver, entries, list(results))
+            return ended
+        assert self._finish_pool is not None
+        # Posted before the model is reported idle (posts are FIFO), so drain()
+        # and the idle check already count this batch as finishing.
+        self._post(self._finish_begun, entries)
+        try:
+            done = self._finish_pool.submit(self._finish_fn, items, list(results))
+        except RuntimeError as exc:  # the pool is shut down
+            self._post(self._finish_done, entries, None, exc)
+            return ended
+        done.add_done_callback(lambda f: self._post(self._finish_done, entries, f, None))
         return ended
 
     def _run_halves(self, entries: list[_Entry[T]], ended: float) -> float:
@@ -608,6 +637,29 @@ class MicroBatcher(Generic[T, P, R]):
 
     # ------------------------------------------------- back on the loop
 
+    def _finish_begun(self, entries: list[_Entry[T]]) -> None:
+        self._finishing.update(entries)
+        self._model_idle.clear()
+
+    def _finish_done(
+        self, entries: list[_Entry[T]], done: concurrent.futures.Future[Any] | None, error: BaseException | None
+    ) -> None:
+        self._finishing.difference_update(entries)
+        if error is None and done is not None:
+            error = done.exception() if not done.cancelled() else BatcherClosed(f"the {self._name} batcher is stopped")
+        if error is not None:
+            self._fail_batch(entries, error, "finish")
+        else:
+            assert done is not None
+            results = list(done.result())
+            if len(results) != len(entries):
+                self._fail_batch(entries, ResultCountMismatch(
+                    f"{self._name}: finish() answered {len(results)} results for {len(entries)} items"), "finish")  # fmt: skip
+            else:
+                self._deliver(entries, results)
+        if not self._finishing and not self._model_busy:
+            self._model_idle.set()
+
     def _deliver(self, entries: list[_Entry[T]], results: list[Any]) -> None:
         self._items_run += len(entries)
         for entry, result in zip(entries, results):
@@ -636,12 +688,13 @@ class MicroBatcher(Generic[T, P, R]):
     def _on_model_idle(self, wall_s: float) -> None:
         # the whole dispatched batch, OOM halves included: what the next one may cost
         self._ema_run_s = _ema(self._ema_run_s, wall_s)
-        leftovers = [e for e in self._running if e.state != _DONE]
+        leftovers = [e for e in self._running if e.state != _DONE and e not in self._finishing]
         if leftovers:  # cannot happen unless the thread code has a bug; never leave a caller hanging
             self._fail_batch(leftovers, RuntimeError(f"{self._name}: no result was delivered"), "model thread")
         self._running = []
         self._model_busy = False
-        self._model_idle.set()
+        if not self._finishing:
+            self._model_idle.set()
         self._wakeup.set()
 
     def _finish(self, entry: _Entry[T], exc: BaseException | None, result: Any = None) -> None:
@@ -687,7 +740,8 @@ class MicroBatcher(Generic[T, P, R]):
             logger.error("%s batcher: the loop task died", self._name, exc_info=exc)
 
     def _shutdown_pools(self, wait: bool) -> None:
-        for pool in (self._model_pool, self._prepare_pool):
+        # the model pool first: its last batch may still hand work to the finish pool
+        for pool in (self._model_pool, self._finish_pool, self._prepare_pool):
             if pool is not None:
                 pool.shutdown(wait=wait, cancel_futures=True)
 

@@ -87,10 +87,11 @@ class WhisperEngine:
             self.runner = WhisperRunner(runner_or_model_args)
         else:
             self.runner = WhisperRunner(**dict(runner_or_model_args))
-        self._batcher: MicroBatcher[WindowRequest, PreparedBatch, WindowResult | Fallback] = (
+        self._batcher: MicroBatcher[WindowRequest, PreparedBatch, Any] = (
             MicroBatcher(
-                self.runner.run,
+                self.runner.run_model,
                 prepare=self.runner.prepare,
+                finish=self.runner.finish,
                 options=options,
                 weight_of=self.runner.decoder_rows,
                 clock=clock,

@@ -115,6 +115,23 @@ class PreparedBatch:
         return int(cached.shape[0]) * 2
 
 
+@dataclass
+class Pending:
+    """A row after the model's part of a batch: what :meth:`WhisperRunner.finish` needs."""
+
+    decoded: dict[str, Any]  # tokens, scores, temperature
+    segments: list[dict]  # segments from the tokens (text and times, no words yet)
+    language: tuple[str, float]
+    alignment: list[dict] | None  # token alignment, for rows that want word times
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    """An error of the model itself (e.g. out of memory), which must fail the batch."""
+    from batching.batcher import default_is_oom
+
+    return default_is_oom(exc)
+
+
 def best_attempt(
     attempts: Sequence[Attempt], compression_ratio_threshold: float | None
 ) -> Attempt:
@@ -313,11 +330,21 @@ class WhisperRunner:
     def run(
         self, windows: list[WindowRequest], prepared: PreparedBatch | None = None
     ) -> list[WindowResult | Fallback | BaseException]:
-        """Decode a batch. Model errors raise (the batcher decides: split on OOM or
-        fail the batch); a problem with one row comes back as that row's exception."""
+        """Decode a batch, model work and finishing in this thread (tests, benchmarks)."""
+        return self.finish(windows, self.run_model(windows, prepared))
+
+    def run_model(
+        self, windows: list[WindowRequest], prepared: PreparedBatch | None = None
+    ) -> list[Pending | BaseException]:
+        """The model's part of a batch (the model thread): encode, detect, generate,
+        align. Model errors raise (the batcher decides: split on OOM or fail the
+        batch); a problem with one row comes back as that row's exception. What
+        is left, turning tokens and alignments into segments and words, is
+        :meth:`finish`, which the batcher runs in another thread so the model
+        starts the next batch meanwhile."""
         if prepared is None:
             prepared = self.prepare(windows)
-        out: list[WindowResult | Fallback | BaseException | None] = [None] * len(windows)
+        out: list[Pending | BaseException | None] = [None] * len(windows)
         for i, exc in prepared.errors.items():
             out[i] = exc
         if prepared.rows:
@@ -326,9 +353,26 @@ class WhisperRunner:
                 out[i] = value
         return [v if v is not None else RuntimeError("window was not decoded") for v in out]
 
+    def finish(
+        self, windows: list[WindowRequest], pending: Sequence[Pending | BaseException]
+    ) -> list[WindowResult | Fallback | BaseException]:
+        """Segments, word times and the fallback verdict of each row (CPU only)."""
+        out: list[WindowResult | Fallback | BaseException] = []
+        for window, p in zip(windows, pending):
+            if isinstance(p, BaseException):
+                out.append(p)
+                continue
+            try:
+                if p.alignment is not None:
+                    self._word_times(window, p.segments, p.language[0], p.alignment)
+                out.append(self._finish(window, p.decoded, p.segments, p.language))
+            except Exception as exc:  # one row's failure fails only that row
+                out.append(exc)
+        return out
+
     def _run_rows(
         self, windows: list[WindowRequest], prepared: PreparedBatch
-    ) -> list[WindowResult | Fallback | BaseException]:
+    ) -> list[Pending | BaseException]:
         """Decode readable rows: one encode + generate (+ align) per decoding group.
 
         Rows are grouped before encoding by what a ``generate`` call must share
@@ -339,9 +383,7 @@ class WhisperRunner:
         word timing.
         """
         n = len(windows)
-        out: list[WindowResult | Fallback | BaseException] = [
-            RuntimeError("window was not decoded") for _ in range(n)
-        ]
+        out: list[Pending | BaseException] = [RuntimeError("window was not decoded") for _ in range(n)]
         groups: dict[tuple[int, float, int, int, bool], list[int]] = {}
         for k, w in enumerate(windows):
             t, beam = self._temperature_and_beam(w)
@@ -407,7 +449,7 @@ class WhisperRunner:
         idx: list[int],
         temperature: float,
         beam_size: int,
-    ) -> list[WindowResult | Fallback | BaseException]:
+    ) -> list[Pending | BaseException]:
         import ctranslate2
 
         model = self._wm.model
@@ -461,26 +503,33 @@ class WhisperRunner:
                 )
             )
 
-        out: list[WindowResult | Fallback | BaseException] = [
-            RuntimeError("window was not decoded") for _ in range(n)
-        ]
+        out: list[Pending | BaseException] = [RuntimeError("window was not decoded") for _ in range(n)]
         segments: list[list[dict] | None] = [None] * n
         for j, window in enumerate(windows):
             try:
                 segments[j] = self._segments(window, decoded[j], languages[j][0])
             except Exception as exc:
                 out[j] = exc
-        for j, exc in self._add_words(windows, segments, languages, rows_of, frames).items():
-            out[j], segments[j] = exc, None
+        alignments, errors = self._align(windows, segments, languages, rows_of, frames)
+        retries: list[int] = []
         for j, window in enumerate(windows):
-            if segments[j] is None:
+            if j in errors:
+                out[j] = errors[j]
+                continue
+            segs = segments[j]
+            if segs is None:
                 continue
             try:
-                out[j] = self._finish(window, decoded[j], segments[j], languages[j])
+                if self._judge(window, decoded[j], languages[j][0]) and window.temperature_index + 1 < len(
+                    window.options.temperatures
+                ):
+                    retries.append(j)
             except Exception as exc:
                 out[j] = exc
-        retries = [j for j, v in enumerate(out) if isinstance(v, Fallback) and v.retry]
+                continue
+            out[j] = Pending(decoded[j], segs, languages[j], alignments.get(j))
         if retries and self.encoder_cache.max_bytes > 0:
+            # Kept now, while the encoder output is at hand: the retry skips the encoder.
             if host is None:
                 host = np.asarray(encoded.to_device(ctranslate2.Device.cpu))
             for j in retries:
@@ -560,16 +609,16 @@ class WhisperRunner:
             )
         return kept
 
-    def _add_words(
+    def _align(
         self,
         windows: list[WindowRequest],
         segments: list[list[dict] | None],
         languages: list[tuple[str, float]],
         subset: Any,
         frames: int,
-    ) -> dict[int, BaseException]:
-        from faster_whisper import WhisperModel
-
+    ) -> tuple[dict[int, list[dict]], dict[int, BaseException]]:
+        """Token-level alignments for the rows that want word times (the model part)."""
+        alignments: dict[int, list[dict]] = {}
         errors: dict[int, BaseException] = {}
         groups: dict[tuple[str, str], list[int]] = {}
         for i, w in enumerate(windows):
@@ -579,26 +628,58 @@ class WhisperRunner:
         for (language, task), idx in groups.items():
             tok = self._tokenizer(language, task)
             text_tokens = [
-                [t for seg in segments[i] for t in seg["tokens"] if t < tok.eot] for i in idx
+                [t for seg in segments[i] for t in seg["tokens"] if t < tok.eot]  # type: ignore[union-attr]
+                for i in idx
             ]
             num_frames = [min(frames, math.ceil(windows[i].duration * fps)) for i in idx]
-            # One align call per (language, task): its start sequence is shared.
-            alignments = self._wm.find_alignment(tok, text_tokens, subset(idx), num_frames)
-            for i, alignment in zip(idx, alignments):
-                try:
-                    WhisperModel.add_word_timestamps(
-                        _AlignedRow(fps, alignment),  # type: ignore[arg-type]
-                        [segments[i]],
-                        tok,
-                        None,
-                        0,
-                        PREPEND_PUNCTUATIONS,
-                        APPEND_PUNCTUATIONS,
-                        windows[i].offset,  # speech before this window is unknown
-                    )
-                except Exception as exc:  # a word-timing failure fails only its window
-                    errors[i] = exc
-        return errors
+            try:
+                # One align call per (language, task): its start sequence is shared.
+                found = self._wm.find_alignment(tok, text_tokens, subset(idx), num_frames)
+            except Exception as exc:  # noqa: BLE001 - fails the group's rows, not the batch
+                if _is_model_error(exc):
+                    raise
+                errors.update({i: exc for i in idx})
+                continue
+            alignments.update(zip(idx, found))
+        return alignments, errors
+
+    def _word_times(self, window: WindowRequest, segs: list[dict], language: str, alignment: list[dict]) -> None:
+        """faster-whisper's word-timing heuristics on one row, in place (CPU)."""
+        from faster_whisper import WhisperModel
+
+        WhisperModel.add_word_timestamps(
+            _AlignedRow(self._wm.frames_per_second, alignment),  # type: ignore[arg-type]
+            [segs],
+            self._tokenizer(language, window.options.task),
+            None,
+            0,
+            PREPEND_PUNCTUATIONS,
+            APPEND_PUNCTUATIONS,
+            window.offset,  # speech before this window is unknown
+        )
+
+    def _judge(self, window: WindowRequest, dec: dict[str, Any], language: str) -> bool:
+        """Whether the row fails Whisper's checks and needs a warmer temperature
+        (silence excepted). Stores the compression ratio in ``dec``."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        opts = window.options
+        if "compression_ratio" not in dec:
+            tok = self._tokenizer(language, opts.task)
+            dec["compression_ratio"] = get_compression_ratio(tok.decode(dec["tokens"]).strip())
+        needs_fallback = (
+            opts.compression_ratio_threshold is not None
+            and dec["compression_ratio"] > opts.compression_ratio_threshold
+        ) or (
+            opts.log_prob_threshold is not None and dec["avg_logprob"] < opts.log_prob_threshold
+        )
+        silent = (
+            opts.no_speech_threshold is not None
+            and dec["no_speech_prob"] > opts.no_speech_threshold
+            and opts.log_prob_threshold is not None
+            and dec["avg_logprob"] < opts.log_prob_threshold
+        )
+        return needs_fallback and not silent
 
     def _finish(
         self,
@@ -607,8 +688,6 @@ class WhisperRunner:
         segs: list[dict],
         language: tuple[str, float],
     ) -> WindowResult | Fallback:
-        from faster_whisper.transcribe import get_compression_ratio
-
         assert dec is not None
         opts = window.options
         start_bound = window.offset
@@ -652,27 +731,13 @@ class WhisperRunner:
             temperature=dec["temperature"],
             tokens=tuple(int(t) for seg in segs for t in seg["tokens"]),
         )
-        tok = self._tokenizer(language[0], opts.task)
-        compression_ratio = get_compression_ratio(tok.decode(dec["tokens"]).strip())
-        needs_fallback = (
-            opts.compression_ratio_threshold is not None
-            and compression_ratio > opts.compression_ratio_threshold
-        ) or (
-            opts.log_prob_threshold is not None and dec["avg_logprob"] < opts.log_prob_threshold
-        )
-        silent = (
-            opts.no_speech_threshold is not None
-            and dec["no_speech_prob"] > opts.no_speech_threshold
-            and opts.log_prob_threshold is not None
-            and dec["avg_logprob"] < opts.log_prob_threshold
-        )
-        if not needs_fallback or silent:
+        if not self._judge(window, dec, language[0]):
             return result
         attempt = Attempt(
             result=result,
             temperature=dec["temperature"],
             avg_logprob=dec["avg_logprob"],
-            compression_ratio=compression_ratio,
+            compression_ratio=dec["compression_ratio"],
             no_speech_prob=dec["no_speech_prob"],
         )
         retry = window.temperature_index + 1 < len(opts.temperatures)

@@ -197,7 +197,7 @@ async def test_engine_retries_warmer_and_keeps_the_best(runner, media) -> None: 
     from batching.whisper_engine import WhisperEngine
 
     seen: list[int] = []
-    real_run = runner.run
+    real_run = runner.run_model
 
     def spy(windows, prepared):  # type: ignore[no-untyped-def]
         seen.extend(w.temperature_index for w in windows)
