@@ -156,3 +156,26 @@ async def test_stop_leaves_jobs_to_resume_and_recover_finishes_them(parts: Parts
     assert events[-1].type == "done"
     job = await parts.store.get_job("j1")
     assert job is not None and job.attempts == 2
+
+
+async def test_progress_events_carry_an_eta_once_the_rate_is_measured(parts: Parts) -> None:
+    manager = parts.manager()
+    await parts.submit(manager, "eta1")
+    assert manager.eta_seconds("eta1") is None  # nothing measured yet
+    assert manager.eta_seconds("unknown") is None
+    assert parts.engine.hold is not None
+    parts.engine.hold.set()
+    events = await parts.events_until("eta1", "done", "failed")
+    progress = [e.data for e in events if e.type == "progress"]
+    assert progress and all("eta_seconds" in d for d in progress)
+    assert all(d["eta_seconds"] is None or d["eta_seconds"] >= 0 for d in progress)
+    # The second job starts with the rate the first one measured.
+    manager.rates.rate = manager.rates.rate or 50.0
+    parts.engine.hold.clear()
+    await parts.submit(manager, "eta2")
+    events = await parts.events_until("eta2", "progress")
+    eta = manager.eta_seconds("eta2")
+    assert eta is not None and eta >= 0
+    parts.engine.hold.set()
+    await parts.events_until("eta2", "done", "failed")
+    assert manager.eta_seconds("eta2") in (None, 0.0)

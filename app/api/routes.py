@@ -73,6 +73,7 @@ async def job_json(state: AppState, job: JobRecord, *, request: Request | None =
         "stage": job.stage,
         "progress": round(job.progress, 4),
         "queue_position": state.manager.queue_position(job.id) if job.status == Status.QUEUED else None,
+        "eta_seconds": state.manager.eta_seconds(job.id) if job.status in ACTIVE else None,
         "filename": job.filename,
         "duration_s": job.duration_s,
         "language": job.language,
