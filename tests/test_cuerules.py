@@ -244,11 +244,13 @@ def _segments(draw: st.DrawFn) -> list[Segment]:
         if with_times:
             gaps = draw(st.lists(st.floats(0, 2), min_size=len(words), max_size=len(words)))
             lens = draw(st.lists(st.floats(0, 1.5), min_size=len(words), max_size=len(words)))
+            # Some words come in pieces, the way decoders time "o'clock" (" o" + "'clock").
+            spaced = [True] + draw(st.lists(st.booleans(), min_size=len(words) - 1, max_size=len(words) - 1))
             timed_words, cur = [], t
-            for w, g, n in zip(words, gaps, lens):
-                timed_words.append(Word(cur + g, cur + g + n, " " + w, 0.5))
+            for w, g, n, sp in zip(words, gaps, lens, spaced):
+                timed_words.append(Word(cur + g, cur + g + n, (" " if sp else "") + w, 0.5))
                 cur += g + n
-            seg = Segment(t, cur, " ".join(words), words=tuple(timed_words))
+            seg = Segment(t, cur, "".join(w.word for w in timed_words).strip(), words=tuple(timed_words))
         else:
             seg = Segment(t, t + draw(st.floats(0.01, 30)), " ".join(words))
         out.append(seg)
@@ -290,3 +292,14 @@ def test_cjk_text_loses_nothing(text: str) -> None:
     cues = apply_rules([Segment(0, 20, text)], RULES)
     assert "".join("".join(c.text.split()) for c in cues) == "".join(text.split())
     assert all(len(line) == 1 or width(" ".join(t.text for t in line)) <= 42 for c in cues for line in c.lines)
+
+
+def test_a_word_the_decoder_gave_in_pieces_is_never_split() -> None:
+    # Whisper times "o'clock" as " o" + "'clock", "3.5%" as " 3.5" + "%".
+    pieces = [" It", " is", " six", " o", "'clock", " and", " up", " 3.5", "%"] * 6
+    words = tuple(Word(i * 0.3, i * 0.3 + 0.25, w, 0.9) for i, w in enumerate(pieces))
+    text = "".join(pieces).strip()
+    cues = apply_rules([Segment(0, len(pieces) * 0.3, text, words=words)], CueRules(max_chars_per_line=10, max_lines_per_cue=1))
+    got = [w for c in cues for w in c.text.split()]
+    assert got == text.split()
+    assert "o'clock" in got and "3.5%" in got

@@ -296,7 +296,7 @@ def tokens_of(seg: Segment, max_chars: int = 0) -> list[Token]:
             piece_text = _squash(w.word)
             cut = _pieces(piece_text) if max_chars and width(piece_text) > max_chars else [piece_text]
             out.extend(_spread(cut, w_start, w_end, space, True))
-        return out
+        return _glue(out)
     pieces: list[tuple[str, bool]] = []
     for word in text.split(" "):
         if word:
@@ -308,6 +308,21 @@ def tokens_of(seg: Segment, max_chars: int = 0) -> list[Token]:
         t0 = start + (end - start) * done / total
         done += len(p)
         out.append(Token(p, t0, start + (end - start) * done / total, space, False))
+    return out
+
+
+def _glue(tokens: list[Token]) -> list[Token]:
+    """Words the decoder gave in pieces ("o" + "'clock") as one token: a line never breaks inside them.
+
+    Only CJK characters, which have no spaces between words, stay apart.
+    """
+    out: list[Token] = []
+    for t in tokens:
+        if out and not t.space and not (_is_cjk(out[-1].text[-1]) or _is_cjk(t.text[0])):
+            prev = out[-1]
+            out[-1] = Token(prev.text + t.text, prev.start, max(prev.end, t.end), prev.space, prev.timed and t.timed)
+        else:
+            out.append(t)
     return out
 
 
