@@ -186,3 +186,16 @@ def test_eta_seconds_in_job_and_progress_events(make_server: Callable[..., LiveS
         assert progress and all("eta_seconds" in d for d in progress)
         assert all(d["eta_seconds"] is None or isinstance(d["eta_seconds"], (int, float)) for d in progress)
         assert client.get(f"/v1/jobs/{r.json()['id']}").json()["eta_seconds"] is None  # done
+
+
+def test_openai_srt_takes_the_line_rules_as_extra_fields(make_server: Callable[..., LiveServer], video: Path) -> None:
+    import openai
+
+    live = make_server()
+    client = OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    with open(video, "rb") as fh:
+        out = client.audio.transcriptions.create(model="whisper-1", file=fh, response_format="srt", extra_body={"max_line_width": 20})
+    assert isinstance(out, str) and "-->" in out
+    with open(video, "rb") as fh, pytest.raises(openai.UnprocessableEntityError) as err:
+        client.audio.transcriptions.create(model="whisper-1", file=fh, response_format="srt", extra_body={"max_line_width": 3})
+    assert err.value.body["param"] == "max_line_width"  # type: ignore[index]

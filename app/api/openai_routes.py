@@ -39,7 +39,7 @@ from app.pipeline.events import CaughtUp, Heartbeat, Shutdown
 from app.media.cuerules import CueRules, cue_segments
 from app.media.formats import to_srt, to_vtt, transcript_to_dict
 from app.pipeline.jobs import segment_from_dict
-from app.pipeline.options import JobOptions, parse_bool
+from app.pipeline.options import SUBTITLE_OPTIONS, JobOptions, parse_bool
 from app.api.state import AppState
 from storage.seams import FileStore, JobRepository
 from storage.states import Status
@@ -52,7 +52,7 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("segment", "word")
 FIELDS = frozenset(
     {"model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]", "timestamp_granularities", "stream"}
-)
+) | frozenset(SUBTITLE_OPTIONS)  # line rules for srt/vtt answers: altyazi's own, beside OpenAI's fields
 # Parameters of newer OpenAI models that mean nothing for Whisper: accepted, ignored.
 IGNORED = frozenset({"chunking_strategy", "include[]", "include"})
 # JobOptions' field names as the OpenAI client knows them.
@@ -111,6 +111,7 @@ def parse_fields(raw: Mapping[str, str], task: str) -> tuple[OpenAIRequest, JobO
             "task": task,
             "word_timestamps": words,
             "initial_prompt": raw.get("prompt"),
+            **{k: v for k, v in raw.items() if k in SUBTITLE_OPTIONS},
         }
     )
     return OpenAIRequest(task, response_format, stream, temperature, granularities), options
