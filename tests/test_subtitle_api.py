@@ -199,3 +199,15 @@ def test_openai_srt_takes_the_line_rules_as_extra_fields(make_server: Callable[.
     with open(video, "rb") as fh, pytest.raises(openai.UnprocessableEntityError) as err:
         client.audio.transcriptions.create(model="whisper-1", file=fh, response_format="srt", extra_body={"max_line_width": 3})
     assert err.value.body["param"] == "max_line_width"  # type: ignore[index]
+
+
+def test_openai_answers_without_cues_skip_the_word_times(make_server: Callable[..., LiveServer], video: Path) -> None:
+    live = make_server()
+    seen: list[dict[str, Any]] = []
+    real_spawn = live.state.manager.spawn
+    live.state.manager.spawn = lambda job: (seen.append(dict(job.options)), real_spawn(job))[1]  # type: ignore[method-assign]
+    client = OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    for fmt in ("json", "srt"):
+        with open(video, "rb") as fh:
+            client.audio.transcriptions.create(model="whisper-1", file=fh, response_format=fmt)  # type: ignore[call-overload]
+    assert [o["word_timestamps"] for o in seen] == [False, True]

@@ -36,7 +36,7 @@ from app.api.errors import ApiError, as_api_error
 from app.media.probe import MediaError
 from app.pipeline.errors import PipelineError
 from app.pipeline.events import CaughtUp, Heartbeat, Shutdown
-from app.media.cuerules import CueRules, cue_segments
+from app.media.cuerules import PRESET_KEY, CueRules, cue_segments
 from app.media.formats import to_srt, to_vtt, transcript_to_dict
 from app.pipeline.jobs import segment_from_dict
 from app.pipeline.options import SUBTITLE_OPTIONS, JobOptions, parse_bool
@@ -111,10 +111,21 @@ def parse_fields(raw: Mapping[str, str], task: str) -> tuple[OpenAIRequest, JobO
             "task": task,
             "word_timestamps": words,
             "initial_prompt": raw.get("prompt"),
-            **{k: v for k, v in raw.items() if k in SUBTITLE_OPTIONS},
+            **_rule_fields(raw, response_format, stream),
         }
     )
     return OpenAIRequest(task, response_format, stream, temperature, granularities), options
+
+
+def _rule_fields(raw: Mapping[str, str], response_format: str, stream: bool) -> dict[str, str]:
+    """The line-rule fields for the job: only srt and vtt answers are cut into cues.
+
+    The others keep the raw segments, so their jobs skip the rules, and with
+    them the word timestamps the rules would have computed.
+    """
+    if response_format in ("srt", "vtt") and not stream:
+        return {k: v for k, v in raw.items() if k in SUBTITLE_OPTIONS}
+    return {PRESET_KEY: "none"}
 
 
 class _Parser:
