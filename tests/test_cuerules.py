@@ -287,7 +287,7 @@ def test_cue_times_are_monotonic_and_split_cues_stay_in_their_segment(segments: 
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(alphabet=st.sampled_from("日本語の字幕は難しい。、漢字かなカナabc 1"), min_size=1, max_size=300))
+@given(st.text(alphabet=st.sampled_from("日本語の字幕は難しい。、漢字かなカナabc 1（）「」()[]\"'"), min_size=1, max_size=300))
 def test_cjk_text_loses_nothing(text: str) -> None:
     cues = apply_rules([Segment(0, 20, text)], RULES)
     assert "".join("".join(c.text.split()) for c in cues) == "".join(text.split())

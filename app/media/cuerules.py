@@ -26,7 +26,7 @@ import bisect
 import functools
 import math
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -233,22 +233,22 @@ def _pieces(word: str) -> list[str]:
     if not any(_is_cjk(ch) for ch in word):
         return [word]
     out: list[str] = []
-    pending_open = ""
+    pending = ""  # opening punctuation, waiting for the character it opens
     for ch in word:
-        if ch in _CLOSING and out:
-            out[-1] += ch
-        elif ch in _OPENING:
-            pending_open += ch
-        elif _is_cjk(ch) or not out or _is_cjk(out[-1][-1]) or out[-1][-1] in _CLOSING:
-            out.append(pending_open + ch)
-            pending_open = ""
+        if ch in _OPENING:
+            pending += ch
+            continue
+        last = out[-1][-1] if out else ""
+        if out and (ch in _CLOSING or not (_is_cjk(ch) or _is_cjk(last) or last in _CLOSING)):
+            out[-1] += pending + ch  # closing punctuation, or a run of Latin letters or digits in CJK text
         else:
-            out[-1] += ch  # a run of Latin letters or digits in CJK text stays one piece
-    if pending_open:
+            out.append(pending + ch)
+        pending = ""
+    if pending:
         if out:
-            out[-1] += pending_open
+            out[-1] += pending
         else:
-            out.append(pending_open)
+            out.append(pending)
     return out
 
 
@@ -260,7 +260,7 @@ def _spread(pieces: Sequence[str], start: float, end: float, first_space: bool, 
         t0 = start + (end - start) * done / total
         done += max(1, len(piece))
         t1 = start + (end - start) * done / total
-        out.append(Token(piece, t0, t1, first_space if i == 0 else False, timed and len(pieces) == 1))
+        out.append(Token(piece, t0, t1, first_space if i == 0 else False, timed))
     return out
 
 
@@ -530,10 +530,3 @@ def cue_segments(segments: Sequence[Segment], rules: CueRules) -> list[Segment]:
     if not rules.enabled:
         return list(segments)
     return [Segment(start=c.start, end=c.end, text=c.text) for c in apply_rules(segments, rules)]
-
-
-def iter_words(cue: Cue) -> Iterator[tuple[int, Token]]:
-    """(line number, token) of every token of ``cue``, in order."""
-    for n, line in enumerate(cue.lines):
-        for t in line:
-            yield n, t
