@@ -128,3 +128,6 @@ def test_downloaded_srt_of_long_speech_follows_the_line_rules(tiny_server: LiveS
         assert max(len(line) for line in lines) <= 42, max(lines, key=len)
         assert max(len(b) - 2 for b in blocks) <= 2
         assert " ".join(lines).split() == " ".join(s["text"] for s in raw).split()  # no word lost or moved
+        ass = client.get(f"/v1/jobs/{job_id}/transcript", params={"format": "ass"}).text
+        events = [line for line in ass.splitlines() if line.startswith("Dialogue:")]
+        assert len(events) == len(blocks) and all("{\\k" in e for e in events)  # karaoke from the word times
