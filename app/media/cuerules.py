@@ -37,6 +37,7 @@ __all__ = [
     "ALIASES",
     "DEFAULT_RULES",
     "PRESETS",
+    "PRESET_KEY",
     "RULE_KEYS",
     "Cue",
     "CueRules",
@@ -49,6 +50,7 @@ __all__ = [
     "resolve",
     "retime",
     "split_segment",
+    "tokens_of",
     "width",
 ]
 

@@ -27,7 +27,7 @@ import pysubs2
 
 from app.media.demuxers import whitelist_args
 from app.media.ffmpeg import FfmpegPool, file_url, fraction_reporter
-from app.media.cuerules import DEFAULT_RULES, Cue, CueRules, RuleError, apply_rules, parse_overrides, resolve, tokens_of
+from app.media.cuerules import ALIASES, DEFAULT_RULES, PRESET_KEY, RULE_KEYS, Cue, CueRules, RuleError, apply_rules, parse_overrides, resolve, tokens_of
 from app.media.formats import strip_overrides, to_subtitles
 from app.media.probe import MediaInfo
 from batching.types import Segment
@@ -46,7 +46,7 @@ ASS_FORMAT = ("text/x-ssa; charset=utf-8", "ass")
 # Words already said, in a karaoke ASS download (yellow; the rest in the style's colour).
 KARAOKE_COLOUR = "#FFFF00"
 # Keys of an export's "subtitles" object: the line rules under their request names.
-RULE_PARAMS: tuple[str, ...] = ("subtitle_preset", "preset", "max_chars_per_line", "max_lines_per_cue", "max_cue_duration_s", "min_cue_duration_s", "min_gap_s", "max_cps", "max_line_width", "max_line_count")
+RULE_PARAMS: tuple[str, ...] = ("preset", PRESET_KEY, *RULE_KEYS, *ALIASES)
 
 # The reference height the style's sizes are given in: 48 means 48/1080 of the frame height.
 PLAY_RES_Y = 1080
