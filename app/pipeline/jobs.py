@@ -118,7 +118,7 @@ class JobManager:
         # For ETAs: the smoothed rate, and how far each active job is (audio seconds).
         self.rates = Throughput()
         self._done: dict[str, float] = {}
-        self._transcribing: set[str] = set()
+        self._transcribing: dict[str, _Submitted] = {}  # job -> how far its windows are handed out
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -164,8 +164,17 @@ class JobManager:
             return None
         return sum(self._durations.values()) / rate / len(self._durations)
 
+    def _position(self, job_id: str) -> float:
+        """Audio seconds of the job decoded by now: announced, plus its share of the rate since, up to what was handed out."""
+        done = self._done.get(job_id, 0.0)
+        flight, rate = self._transcribing.get(job_id), self.rates.rate
+        if flight is None or not rate:
+            return done
+        guess = done + rate / len(self._transcribing) * (time.monotonic() - flight.last_result)
+        return max(done, min(guess, flight.samples / SAMPLE_RATE))
+
     def _left(self, job_id: str) -> float:
-        return max(0.0, self._durations.get(job_id, 0.0) - self._done.get(job_id, 0.0))
+        return max(0.0, self._durations.get(job_id, 0.0) - self._position(job_id))
 
     def eta_seconds(self, job_id: str) -> float | None:
         """Seconds until the job is done, from the measured rate and the work ahead (None: not known yet)."""
@@ -389,9 +398,9 @@ class JobManager:
 
         previous_end = segments[-1].end if segments else 0.0
         self._done[job_id] = resume.next / SAMPLE_RATE
-        self._transcribing.add(job_id)
+        self._transcribing[job_id] = submitted
         self.rates.busy()
-        ticker = asyncio.create_task(self._tick(job_id, total_samples, base, progress, submitted), name=f"progress-{job_id}")
+        ticker = asyncio.create_task(self._tick(job_id, total_samples, base, progress), name=f"progress-{job_id}")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(plan(tg))
@@ -436,25 +445,19 @@ class JobManager:
             raise first from None
         finally:
             ticker.cancel()
-            self._transcribing.discard(job_id)
+            self._transcribing.pop(job_id, None)
             if not self._transcribing:
                 self.rates.idle()
         await progress.flush()
         language = max(languages, key=languages.__getitem__) if languages else None
         return segments, language, seq
 
-    async def _tick(self, job_id: str, total_samples: int, base: float, progress: _Progress, submitted: _Submitted) -> None:
-        """Move the bar at the job's share of the measured rate between results, up to the audio submitted."""
+    async def _tick(self, job_id: str, total_samples: int, base: float, progress: _Progress) -> None:
+        """Move the bar at the job's share of the measured rate between results, up to the audio handed out."""
         while True:
             await asyncio.sleep(TICK_S)
-            rate = self.rates.rate
-            if not rate:
-                continue
-            share = rate / max(1, len(self._transcribing))
-            guess = self._done.get(job_id, 0.0) + share * (time.monotonic() - submitted.last_result)
-            cap = min(submitted.samples / SAMPLE_RATE, 0.99 * total_samples / SAMPLE_RATE)
-            position = min(guess, cap) * SAMPLE_RATE / total_samples
-            progress.report("transcribing", base + (1 - base) * position)
+            fraction = min(self._position(job_id) * SAMPLE_RATE / total_samples, 0.99)
+            progress.report("transcribing", base + (1 - base) * fraction)
 
     # ---- state changes -----------------------------------------------------
 
