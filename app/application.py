@@ -102,7 +102,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
                 condition_on_previous_text=cfg.decoding.condition_on_previous_text,
             ),
         )
-        exports = ExportManager(store=store, files=files, pool=pool, hub=hub, crf=cfg.ffmpeg.crf, preset=cfg.ffmpeg.preset)
+        exports = ExportManager(store=store, files=files, pool=pool, hub=hub, crf=cfg.ffmpeg.crf, preset=cfg.ffmpeg.preset, rules=cfg.subtitles.rules())
         state = AppState(
             cfg=cfg, store=store, files=files, pool=pool, engine=engine, hub=hub,
             manager=manager, exports=exports, multilingual=multilingual, model_name=model_name, keys=keys,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from app.media.cuerules import PRESETS, CueRules, RuleError, check as check_rules
 from app.pipeline.options import as_bool
 
 ENV_PREFIX = "ALTYAZI_"
@@ -131,6 +132,34 @@ class AuthConfig:
 
 
 @dataclass
+class SubtitlesConfig:
+    """Line rules every subtitle output follows unless a job or a download chooses others.
+
+    ``preset`` (netflix, bbc, none/raw) replaces the keys below when set.
+    """
+
+    preset: str = ""
+    max_chars_per_line: int = 42
+    max_lines_per_cue: int = 2
+    max_cue_duration_s: float = 7.0
+    min_cue_duration_s: float = 0.833
+    min_gap_s: float = 0.083
+    max_cps: float = 17.0  # 0: no reading-speed limit
+
+    def rules(self) -> CueRules:
+        if self.preset:
+            return PRESETS[self.preset]
+        return CueRules(
+            max_chars_per_line=self.max_chars_per_line,
+            max_lines_per_cue=self.max_lines_per_cue,
+            max_cue_duration_s=self.max_cue_duration_s,
+            min_cue_duration_s=self.min_cue_duration_s,
+            min_gap_s=self.min_gap_s,
+            max_cps=self.max_cps,
+        )
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,6 +169,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    subtitles: SubtitlesConfig = field(default_factory=SubtitlesConfig)
 
     def validate(self) -> Config:
         s, m, b, f, st, lim = self.server, self.model, self.batching, self.ffmpeg, self.storage, self.limits
@@ -187,6 +217,13 @@ class Config:
         _check(lim.max_queued_jobs_per_key >= 1, "limits.max_queued_jobs_per_key", lim.max_queued_jobs_per_key, ">= 1")
         _check(lim.max_exports_per_key >= 1, "limits.max_exports_per_key", lim.max_exports_per_key, ">= 1")
         _check(lim.max_transcript_mb > 0, "limits.max_transcript_mb", lim.max_transcript_mb, "> 0")
+        sub = self.subtitles
+        _check(sub.preset in ("", *PRESETS), "subtitles.preset", sub.preset, f"empty or one of {', '.join(PRESETS)}")
+        try:
+            check_rules(sub.rules())
+        except RuleError as exc:
+            key = exc.field
+            raise ConfigError(f"config subtitles.{key} = {getattr(sub, key)!r} is invalid: {exc.message.split(': ', 1)[1]}") from None
         au = self.auth
         _check(au.rate_limit_per_minute >= 0, "auth.rate_limit_per_minute", au.rate_limit_per_minute, ">= 0 (0 = unlimited)")
         _check(au.rate_limit_burst >= 1, "auth.rate_limit_burst", au.rate_limit_burst, ">= 1")

@@ -103,3 +103,31 @@ def test_cancel_mid_transcription_leaves_no_process_and_no_files(tiny_server: Li
         # The model is free for the next job at once.
         short = make_video_with_speech("hello world", tmp_path / "hello.mp4")
         assert wait_done(client, upload(client, short).json()["id"])["status"] == "done"
+
+
+def test_downloaded_srt_of_long_speech_follows_the_line_rules(tiny_server: LiveServer, tmp_path: Path) -> None:
+    # Sentences run together with short pauses: the decoder's segments are long.
+    long = make_long_speech(tmp_path / "long.wav", 90, VARIED_SENTENCES, pause_s=0.3)
+    with tiny_server.client() as client:
+        job_id = upload(client, long).json()["id"]
+        etas = []
+        with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
+            for sse in source.iter_sse():
+                if sse.event == "progress":
+                    etas.append(json.loads(sse.data)["eta_seconds"])
+                if sse.event in ("done", "failed"):
+                    assert sse.event == "done", sse.data
+                    break
+        assert any(isinstance(eta, (int, float)) for eta in etas), etas
+        raw = client.get(f"/v1/jobs/{job_id}/transcript").json()["segments"]
+        assert all(s.get("words") for s in raw)  # word times were computed for the rules
+        assert max(len(s["text"].strip()) for s in raw) > 42  # raw segments would break the rules
+        srt = client.get(f"/v1/jobs/{job_id}/transcript", params={"format": "srt"}).text
+        blocks = [b.split("\n") for b in srt.strip().split("\n\n")]
+        lines = [line for b in blocks for line in b[2:]]
+        assert max(len(line) for line in lines) <= 42, max(lines, key=len)
+        assert max(len(b) - 2 for b in blocks) <= 2
+        assert " ".join(lines).split() == " ".join(s["text"] for s in raw).split()  # no word lost or moved
+        ass = client.get(f"/v1/jobs/{job_id}/transcript", params={"format": "ass"}).text
+        events = [line for line in ass.splitlines() if line.startswith("Dialogue:")]
+        assert len(events) == len(blocks) and all("{\\k" in e for e in events)  # karaoke from the word times

@@ -156,3 +156,51 @@ async def test_stop_leaves_jobs_to_resume_and_recover_finishes_them(parts: Parts
     assert events[-1].type == "done"
     job = await parts.store.get_job("j1")
     assert job is not None and job.attempts == 2
+
+
+async def test_progress_events_carry_an_eta_once_the_rate_is_measured(parts: Parts) -> None:
+    manager = parts.manager()
+    await parts.submit(manager, "eta1")
+    assert manager.eta_seconds("eta1") is None  # nothing measured yet
+    assert manager.eta_seconds("unknown") is None
+    assert parts.engine.hold is not None
+    parts.engine.hold.set()
+    events = await parts.events_until("eta1", "done", "failed")
+    progress = [e.data for e in events if e.type == "progress"]
+    assert progress and all("eta_seconds" in d for d in progress)
+    assert all(d["eta_seconds"] is None or d["eta_seconds"] >= 0 for d in progress)
+    # The second job starts with the rate the first one measured.
+    manager.rates.rate = manager.rates.rate or 50.0
+    parts.engine.hold.clear()
+    await parts.submit(manager, "eta2")
+    events = await parts.events_until("eta2", "progress")
+    eta = manager.eta_seconds("eta2")
+    assert eta is not None and eta >= 0
+    parts.engine.hold.set()
+    await parts.events_until("eta2", "done", "failed")
+    assert manager.eta_seconds("eta2") in (None, 0.0)
+
+
+async def test_progress_moves_between_results_at_the_measured_rate(parts: Parts) -> None:
+    manager = parts.manager()
+    manager.rates.rate = 1000.0  # as measured by earlier jobs: this one's audio takes well under a tick
+    await parts.submit(manager, "tick")
+    # The engine holds every window: only the ticker can move the bar, up to the audio submitted.
+    events = []
+    stream = parts.hub.stream("tick")
+    try:
+        async for item in stream:
+            if isinstance(item, EventRecord):
+                events.append(item)
+                assert item.type != "segment", "the engine is held"
+                if item.type == "progress" and item.data["stage"] == "transcribing" and item.data["progress"] > 0.5:
+                    break
+    finally:
+        await stream.aclose()
+    moved = [e.data for e in events if e.type == "progress" and e.data["stage"] == "transcribing"]
+    assert moved[-1]["progress"] < 1.0 and moved[-1]["eta_seconds"] is not None
+    assert parts.engine.hold is not None
+    parts.engine.hold.set()
+    done = await parts.events_until("tick", "done", "failed")
+    progress = [e.data["progress"] for e in done if e.type == "progress"]
+    assert progress == sorted(progress)  # never backwards when the real results come

@@ -197,6 +197,7 @@ def test_transcription_formats_with_tiny_en(tiny: LiveServer, clips: dict[str, P
     elif fmt == "srt":
         assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n\S", out), out
         assert EXPECTED <= words_of(out)
+        assert max(len(line) for line in out.splitlines()) <= 42  # the server's line rules
     elif fmt == "vtt":
         assert out.startswith("WEBVTT\n\n") and re.search(r"\d\d:\d\d:\d\d\.\d{3} --> ", out)
     else:

@@ -21,8 +21,8 @@ from app.media.render import (
     iso639_2,
     output_name,
     render_export,
-    wrap_text,
 )
+from app.media.cuerules import DEFAULT_RULES, PRESETS, CueRules
 from app.media.ffmpeg import FfmpegError, FfmpegPool, FfmpegTimeout
 from app.media.probe import MediaInfo
 from batching.types import Segment
@@ -33,6 +33,9 @@ SEGMENTS = (
     Segment(1.8, 2.2, "   "),  # blank cues are dropped
     Segment(2.4, 2.9, "Güle güle"),
 )
+
+# Line rules that cut and wrap but keep the segments' times, so frames between cues stay clear.
+UNTIMED = CueRules(min_cue_duration_s=0, min_gap_s=0, max_cps=0)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,10 @@ def test_style_from_dict() -> None:
         ({"mode": "burn", "style": {"font": "Arial,Bold"}}, "style.font"),
         ({"mode": "burn", "style": {"font": "{\\b1}"}}, "style.font"),
         ({"mode": "burn", "style": {"shadow": 2}}, "style.shadow"),
+        ({"mode": "soft", "subtitles": {"max_cps": -1}}, "subtitles.max_cps"),
+        ({"mode": "soft", "subtitles": {"preset": "cinema"}}, "subtitles.preset"),
+        ({"mode": "soft", "subtitles": {"colour": 1}}, "subtitles.colour"),
+        ({"mode": "soft", "subtitles": []}, "subtitles"),
     ],
 )
 def test_bad_options_name_the_field(body: dict, field: str) -> None:
@@ -133,20 +140,36 @@ def test_output_name() -> None:
 # -- subtitle text -------------------------------------------------------------------
 
 
-def test_wrap_text() -> None:
-    assert wrap_text("  short  text ", 42) == "short text"
-    two = wrap_text("one two three four five six seven eight nine ten eleven", 42)
-    top, bottom = two.split("\n")
-    assert abs(len(top) - len(bottom)) <= 6 and max(len(top), len(bottom)) <= 42
-    many = wrap_text(" ".join(["word"] * 40), 20)
-    assert all(len(line) <= 20 for line in many.split("\n")) and many.count("\n") >= 7
-    assert wrap_text("一" * 45, 20).split("\n") == ["一" * 20, "一" * 20, "一" * 5]
-    assert wrap_text("", 42) == ""
+def test_style_max_chars_per_line_folds_into_the_line_rules() -> None:
+    job_rules = CueRules(max_chars_per_line=30, max_cps=12.0)
+    assert ExportOptions.from_dict({"mode": "soft"}).rules(job_rules) == job_rules
+    alias = ExportOptions.from_dict({"mode": "soft", "style": {"max_chars_per_line": 20}})
+    assert alias.rules(job_rules) == CueRules(max_chars_per_line=20, max_cps=12.0)
+    preset = ExportOptions.from_dict({"mode": "soft", "subtitles": {"preset": "bbc", "max_line_count": 1}})
+    assert preset.rules(DEFAULT_RULES) == CueRules(**{**PRESETS["bbc"].__dict__, "max_lines_per_cue": 1})
+    raw = ExportOptions.from_dict({"mode": "soft", "subtitles": {"preset": "none"}})
+    long_text = [Segment(0, 5, "word " * 30)]
+    assert build_text_subs(long_text, "srt", raw.rules(DEFAULT_RULES)).splitlines()[1:3] == ["00:00:00,000 --> 00:00:05,000", " ".join(["word"] * 30)]
+    wrapped = build_text_subs(long_text, "srt", alias.rules(DEFAULT_RULES))
+    assert all(len(line) <= 20 for line in wrapped.splitlines() if "-->" not in line)
+
+
+def test_karaoke_tags_follow_the_words() -> None:
+    from batching.types import Word
+
+    words = (Word(0.5, 0.9, " Hello", 0.9), Word(1.2, 1.6, " world.", 0.9))
+    seg = [Segment(0.0, 2.0, "Hello world.", words=words)]
+    ass = pysubs2.SSAFile.from_string(build_ass(seg, ExportStyle(), width=None, height=None, karaoke=True))
+    assert ass.events[0].text == "{\\k50}{\\k40}Hello {\\k30}{\\k40}world."
+    # Without word times (an edited text), a plain cue.
+    edited = [Segment(0.0, 2.0, "Goodbye world.", words=words)]
+    plain = pysubs2.SSAFile.from_string(build_ass(edited, ExportStyle(), width=None, height=None, karaoke=True))
+    assert plain.events[0].text == "Goodbye world."
 
 
 def test_build_ass_scales_to_1080_lines() -> None:
     style = ExportStyle(position="top", size=60, margin=25, primary_colour="#FF000080")
-    subs = pysubs2.SSAFile.from_string(build_ass(SEGMENTS, style, width=320, height=240))
+    subs = pysubs2.SSAFile.from_string(build_ass(SEGMENTS, style, width=320, height=240, rules=UNTIMED))
     assert (subs.info["PlayResX"], subs.info["PlayResY"]) == ("1440", "1080")
     default = subs.styles["Default"]
     assert (default.fontsize, default.marginv, default.alignment) == (60, 25, pysubs2.Alignment.TOP_CENTER)
@@ -162,11 +185,11 @@ def test_user_text_is_never_markup() -> None:
     seg = [Segment(0, 1, "{\\an8} <b>x</b> {note} a\\Nb & c")]
     ass = pysubs2.SSAFile.from_string(build_ass(seg, ExportStyle(), width=640, height=360))
     assert ass.events[0].text == "<b>x</b> \\{note\\} a\\\u2060Nb & c"
-    assert "&lt;b&gt;x&lt;/b&gt; {note} a\\Nb &amp; c" in build_text_subs(seg, "vtt", 42)
-    srt = build_text_subs(seg, "srt", 42)
+    assert "&lt;b&gt;x&lt;/b&gt; {note} a\\Nb &amp; c" in build_text_subs(seg, "vtt")
+    srt = build_text_subs(seg, "srt")
     assert "<\u2060b>" in srt and "{\u2060note}" in srt and "an8" not in srt
     only_codes = [Segment(0, 1, "{\\an8}{\\i1}")]
-    assert build_text_subs(only_codes, "srt", 42) == ""  # no cue left to show
+    assert build_text_subs(only_codes, "srt") == ""  # no cue left to show
 
 
 def test_escape_filter_path() -> None:
@@ -187,6 +210,7 @@ async def _render(pool: FfmpegPool, media: dict[str, Path], tmp_path: Path, name
     await render_export(
         pool, source=media[name], media=info, segments=SEGMENTS, options=opts, language=language,
         work_dir=tmp_path / work, dest=dest, on_progress=None if progress is None else progress.append,
+        rules=UNTIMED,
     )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [dest.name], "temp or subtitle files left behind"
     assert list((tmp_path / work).iterdir()) == []

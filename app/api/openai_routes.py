@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import zlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
@@ -35,9 +36,10 @@ from app.api.errors import ApiError, as_api_error
 from app.media.probe import MediaError
 from app.pipeline.errors import PipelineError
 from app.pipeline.events import CaughtUp, Heartbeat, Shutdown
+from app.media.cuerules import PRESET_KEY, CueRules, cue_segments
 from app.media.formats import to_srt, to_vtt, transcript_to_dict
 from app.pipeline.jobs import segment_from_dict
-from app.pipeline.options import JobOptions, parse_bool
+from app.pipeline.options import SUBTITLE_OPTIONS, JobOptions, parse_bool
 from app.api.state import AppState
 from storage.seams import FileStore, JobRepository
 from storage.states import Status
@@ -50,7 +52,7 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("segment", "word")
 FIELDS = frozenset(
     {"model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]", "timestamp_granularities", "stream"}
-)
+) | frozenset(SUBTITLE_OPTIONS)  # line rules for srt/vtt answers: altyazi's own, beside OpenAI's fields
 # Parameters of newer OpenAI models that mean nothing for Whisper: accepted, ignored.
 IGNORED = frozenset({"chunking_strategy", "include[]", "include"})
 # JobOptions' field names as the OpenAI client knows them.
@@ -109,9 +111,21 @@ def parse_fields(raw: Mapping[str, str], task: str) -> tuple[OpenAIRequest, JobO
             "task": task,
             "word_timestamps": words,
             "initial_prompt": raw.get("prompt"),
+            **_rule_fields(raw, response_format, stream),
         }
     )
     return OpenAIRequest(task, response_format, stream, temperature, granularities), options
+
+
+def _rule_fields(raw: Mapping[str, str], response_format: str, stream: bool) -> dict[str, str]:
+    """The line-rule fields for the job: only srt and vtt answers are cut into cues.
+
+    The others keep the raw segments, so their jobs skip the rules, and with
+    them the word timestamps the rules would have computed.
+    """
+    if response_format in ("srt", "vtt") and not stream:
+        return {k: v for k, v in raw.items() if k in SUBTITLE_OPTIONS}
+    return {PRESET_KEY: "none"}
 
 
 class _Parser:
@@ -276,7 +290,7 @@ def _verbose(request: OpenAIRequest, job: JobRecord, transcript: dict[str, Any],
     return body
 
 
-def _answer(request: OpenAIRequest, job: JobRecord, outcome: _Outcome) -> Response:
+def _answer(request: OpenAIRequest, job: JobRecord, outcome: _Outcome, rules: CueRules) -> Response:
     assert outcome.final is not None
     segments = [segment_from_dict(s) for s in outcome.segments]
     language = outcome.final.data.get("language")
@@ -286,8 +300,11 @@ def _answer(request: OpenAIRequest, job: JobRecord, outcome: _Outcome) -> Respon
         return JSONResponse({"text": transcript["text"]})
     if fmt == "verbose_json":
         return JSONResponse(_verbose(request, job, transcript, outcome))
-    text = {"text": transcript["text"] + "\n", "srt": to_srt(segments), "vtt": to_vtt(segments)}[fmt]
-    return Response(text, media_type="text/plain; charset=utf-8")
+    if fmt == "text":
+        return Response(transcript["text"] + "\n", media_type="text/plain; charset=utf-8")
+    # Subtitles follow the server's line rules ([subtitles]), as every subtitle output does.
+    cues = cue_segments(segments, rules)
+    return Response(to_srt(cues) if fmt == "srt" else to_vtt(cues), media_type="text/plain; charset=utf-8")
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -367,7 +384,7 @@ async def _handle(request: Request, task: str) -> Response:
     error = _failure(outcome)
     if error is not None:
         return openai_error(error)
-    return _answer(parser.request, job, outcome)
+    return _answer(parser.request, job, outcome, JobOptions.from_dict(job.options).subtitle_rules(state.cfg.subtitles.rules()))
 
 
 async def transcriptions(request: Request) -> Response:
@@ -378,7 +395,38 @@ async def translations(request: Request) -> Response:
     return await _handle(request, "translate")
 
 
+# ---- models ------------------------------------------------------------------------------
+
+# The name OpenAI's clients send: the loaded model answers to it too.
+OPENAI_MODEL_ALIAS = "whisper-1"
+
+
+def _models(state: AppState) -> list[dict[str, Any]]:
+    # A local folder is listed by its last part: the server's paths are not the client's business.
+    name = Path(state.model_name).name or state.model_name
+    return [
+        {"id": model_id, "object": "model", "created": int(state.started_at), "owned_by": "altyazi"}
+        for model_id in dict.fromkeys((name, OPENAI_MODEL_ALIAS))
+    ]
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: the loaded model (and ``whisper-1``, which names it), as OpenAI lists models."""
+    return JSONResponse({"object": "list", "data": _models(state_of(request))})
+
+
+async def get_model(request: Request) -> Response:
+    model_id = request.path_params["model"]
+    for model in _models(state_of(request)):
+        if model["id"] == model_id:
+            return JSONResponse(model)
+    error = ApiError(404, "model_not_found", f"The model {model_id[:80]!r} does not exist here; GET /v1/models lists the one this server runs.", extra={"field": "model"})
+    return openai_error(error)
+
+
 routes = [
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
     Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
     Route("/v1/audio/translations", translations, methods=["POST"]),
 ]

@@ -6,7 +6,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Mapping
 from urllib.parse import quote
 
 import anyio
@@ -17,7 +17,9 @@ from starlette.routing import Route
 from app.api import jsonbody
 from app.api.errors import ApiError, not_found
 from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Heartbeat, Shutdown, format_sse, format_sse_unnumbered
-from app.media.formats import FORMATS, SegmentError, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
+from app.media.cuerules import PRESET_KEY, CueRules, RuleError, cue_segments, parse_overrides, resolve
+from app.media.formats import FORMATS, SegmentError, to_subtitles, to_txt, transcript_to_dict, validate_segments
+from app.media.render import ASS_FORMAT, ExportStyle, build_ass
 from app.pipeline.jobs import segment_from_dict
 from app.api.jsonbody import read_json_body
 from app.media.probe import check_media
@@ -71,6 +73,7 @@ async def job_json(state: AppState, job: JobRecord, *, request: Request | None =
         "stage": job.stage,
         "progress": round(job.progress, 4),
         "queue_position": state.manager.queue_position(job.id) if job.status == Status.QUEUED else None,
+        "eta_seconds": state.manager.eta_seconds(job.id) if job.status in ACTIVE else None,
         "filename": job.filename,
         "duration_s": job.duration_s,
         "language": job.language,
@@ -139,7 +142,7 @@ async def accept_upload(
         )
         raw_options = {k: v for k, v in query.items() if k != "filename"}
         raw_options.update(upload.fields)
-        options = parse_options(raw_options)
+        options = parse_options(raw_options).with_words_for(state.cfg.subtitles.rules())
         state.check_model_supports(options)
         if upload.size == 0:
             raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
@@ -288,7 +291,17 @@ async def job_events(request: Request) -> Response:
 # ---- transcripts -------------------------------------------------------------------
 
 
-RENDERERS = {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}
+def subtitle_rules(state: AppState, job: JobRecord, query: Mapping[str, str]) -> CueRules:
+    """The server's rules, then the job's, then the download's ``?preset=`` and rule parameters."""
+    try:
+        download = parse_overrides(query, preset_names=("preset", PRESET_KEY))
+        return resolve(JobOptions.from_dict(job.options).subtitle_rules(state.cfg.subtitles.rules()), download)
+    except RuleError as exc:
+        raise ApiError(422, "invalid_parameter", exc.message + ".", extra={"field": exc.field}) from None
+
+
+# What GET .../transcript?format= offers: the plain formats and the karaoke ASS.
+DOWNLOAD_FORMATS = {**FORMATS, "ass": ASS_FORMAT}
 
 
 async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict[str, Any]:
@@ -319,11 +332,12 @@ async def get_transcript(request: Request) -> Response:
     state = state_of(request)
     job = await load_job(request)
     fmt = request.query_params.get("format", "json").lower()
-    if fmt not in FORMATS:
-        raise ApiError(422, "invalid_parameter", "format must be one of json, srt, vtt, txt.", extra={"field": "format"})
+    if fmt not in DOWNLOAD_FORMATS:
+        raise ApiError(422, "invalid_parameter", f"format must be one of {', '.join(DOWNLOAD_FORMATS)}.", extra={"field": "format"})
     version = request.query_params.get("version", "latest").lower()
     if version not in ("latest", "edited", "original"):
         raise ApiError(422, "invalid_parameter", "version must be latest, edited or original.", extra={"field": "version"})
+    rules = subtitle_rules(state, job, request.query_params)
     data = await read_transcript(state, job, version)
 
     def render() -> bytes:
@@ -331,10 +345,15 @@ async def get_transcript(request: Request) -> Response:
         if fmt == "json":
             # to_json's text, encoded a segment at a time (app/api/jsonbody.py says why)
             return jsonbody.dumps(transcript_to_dict(segments, language=data.get("language"), duration_s=data.get("duration_s")), compact=False)
-        return RENDERERS[fmt](segments).encode("utf-8")
+        if fmt == "txt":
+            return to_txt(segments).encode("utf-8")
+        if fmt == "ass":
+            media = job.media or {}
+            return build_ass(segments, ExportStyle(), width=media.get("width"), height=media.get("height"), rules=rules, karaoke=True).encode("utf-8")
+        return to_subtitles(cue_segments(segments, rules), "srt" if fmt == "srt" else "vtt").encode("utf-8")
 
     body = await anyio.to_thread.run_sync(render)
-    media_type = FORMATS[fmt][0]
+    media_type = DOWNLOAD_FORMATS[fmt][0]
     stem = Path(job.filename).stem or "transcript"
     name = f"{stem}.{fmt}"
     return Response(

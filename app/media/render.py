@@ -27,6 +27,7 @@ import pysubs2
 
 from app.media.demuxers import whitelist_args
 from app.media.ffmpeg import FfmpegPool, file_url, fraction_reporter
+from app.media.cuerules import ALIASES, DEFAULT_RULES, PRESET_KEY, RULE_KEYS, Cue, CueRules, RuleError, apply_rules, parse_overrides, resolve, tokens_of
 from app.media.formats import strip_overrides, to_subtitles
 from app.media.probe import MediaInfo
 from batching.types import Segment
@@ -39,6 +40,13 @@ CONTAINERS: tuple[str, ...] = ("mp4", "mkv", "webm")
 PRESETS: tuple[str, ...] = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 )  # fmt: skip
+
+# The ASS download (app.api.routes): media type and extension, beside app.media.formats.FORMATS.
+ASS_FORMAT = ("text/x-ssa; charset=utf-8", "ass")
+# Words already said, in a karaoke ASS download (yellow; the rest in the style's colour).
+KARAOKE_COLOUR = "#FFFF00"
+# Keys of an export's "subtitles" object: the line rules under their request names.
+RULE_PARAMS: tuple[str, ...] = ("preset", PRESET_KEY, *RULE_KEYS, *ALIASES)
 
 # The reference height the style's sizes are given in: 48 means 48/1080 of the frame height.
 PLAY_RES_Y = 1080
@@ -148,7 +156,8 @@ class ExportStyle:
     outline_width: float = 3  # same units as size
     position: Literal["bottom", "top"] = "bottom"
     margin: int = 40  # from the bottom (or top) edge, same units as size
-    max_chars_per_line: int = 42
+    # The line rules' max_chars_per_line, kept here for older clients; None: the job's rules.
+    max_chars_per_line: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExportStyle:
@@ -165,7 +174,7 @@ class ExportStyle:
             outline_width=float(_number("style.outline_width", d.get("outline_width", cls.outline_width), 0, 20, integer=False)),
             position=_choice("style.position", d.get("position", cls.position), ("bottom", "top")),  # type: ignore[arg-type]
             margin=_number("style.margin", d.get("margin", cls.margin), 0, 500, integer=True),
-            max_chars_per_line=_number("style.max_chars_per_line", d.get("max_chars_per_line", cls.max_chars_per_line), 10, 200, integer=True),
+            max_chars_per_line=None if d.get("max_chars_per_line") is None else _number("style.max_chars_per_line", d["max_chars_per_line"], 10, 200, integer=True),
         )
         _parse_colour("style.primary_colour", style.primary_colour)
         _parse_colour("style.outline_colour", style.outline_colour)
@@ -179,50 +188,39 @@ class ExportOptions:
     style: ExportStyle = field(default_factory=ExportStyle)
     crf: int = 23
     preset: str = "veryfast"
+    # Subtitle line rules for this export (app/media/cuerules.py names), over the job's.
+    subtitles: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, default_crf: int = 23, default_preset: str = "veryfast") -> ExportOptions:
         """Validate a request body; ``default_*`` come from the ``[ffmpeg]`` config."""
-        d = _check_keys("", d, ("mode", "container", "style", "crf", "preset"))
+        d = _check_keys("", d, ("mode", "container", "style", "crf", "preset", "subtitles"))
         if "mode" not in d:
             raise ExportOptionError("mode", "missing; use \"burn\" (draw on the picture) or \"soft\" (a subtitle track)")
+        raw_rules = _check_keys("subtitles.", {} if d.get("subtitles") is None else d["subtitles"], RULE_PARAMS)
+        try:
+            subtitles = parse_overrides(raw_rules, preset_names=("preset", "subtitle_preset"))
+            resolve(DEFAULT_RULES, subtitles)
+        except RuleError as exc:
+            raise ExportOptionError(f"subtitles.{exc.field}", exc.message.split(": ", 1)[1]) from None
         return cls(
             mode=_choice("mode", d["mode"], MODES),  # type: ignore[arg-type]
             container=_choice("container", d.get("container", "mp4"), CONTAINERS),  # type: ignore[arg-type]
             style=ExportStyle.from_dict({} if d.get("style") is None else d["style"]),
             crf=_number("crf", d.get("crf", default_crf), 0, 51, integer=True),
             preset=_choice("preset", d.get("preset", default_preset), PRESETS),
+            subtitles=subtitles,
         )
+
+    def rules(self, job_rules: CueRules) -> CueRules:
+        """The job's rules with this export's on top; ``style.max_chars_per_line`` last."""
+        layers: list[dict[str, Any]] = [self.subtitles]
+        if self.style.max_chars_per_line is not None:
+            layers.append({"max_chars_per_line": self.style.max_chars_per_line})
+        return resolve(job_rules, *layers)
 
 
 # -- subtitle text -------------------------------------------------------------
-
-
-def _split_long(word: str, max_chars: int) -> list[str]:
-    # Text without spaces (Chinese, Japanese, Thai, URLs) still has to fit a line.
-    return [word[i : i + max_chars] for i in range(0, len(word), max_chars)] or [""]
-
-
-def wrap_text(text: str, max_chars: int) -> str:
-    """Break ``text`` into lines of at most ``max_chars``; two lines come out balanced."""
-    words = [piece for w in text.split() for piece in _split_long(w, max_chars)]
-    if not words:
-        return ""
-    one = " ".join(words)
-    if len(one) <= max_chars:
-        return one
-    lines: list[list[str]] = [[]]
-    for w in words:  # greedy first, to learn how many lines are needed
-        if lines[-1] and len(" ".join([*lines[-1], w])) > max_chars:
-            lines.append([])
-        lines[-1].append(w)
-    if len(lines) == 2:
-        # Two lines of 30 and 12 characters read worse than 21 and 21: pick the most even split.
-        splits = [(" ".join(words[:i]), " ".join(words[i:])) for i in range(1, len(words))]
-        fitting = [s for s in splits if len(s[0]) <= max_chars and len(s[1]) <= max_chars]
-        top, bottom = min(fitting, key=lambda s: (max(len(s[0]), len(s[1])), len(s[0])))
-        return f"{top}\n{bottom}"
-    return "\n".join(" ".join(line) for line in lines)
 
 
 def _ass_escape(text: str) -> str:
@@ -244,8 +242,50 @@ def _cues(segments: Sequence[Segment]) -> list[Segment]:
     return sorted((s for s in cues if s.text.strip() and s.end > s.start), key=lambda s: (s.start, s.end))
 
 
-def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | None, height: int | None) -> str:
-    """An ASS script whose sizes are relative to a 1080-line frame, so they scale with the video."""
+def _rule_cues(segments: Sequence[Segment], rules: CueRules) -> list[Cue]:
+    """Cues by ``rules``; with the rules off, one single-line cue per segment (libass wraps it)."""
+    if rules.enabled:
+        return apply_rules(_cues(segments), rules)
+    return [Cue(s.start, s.end, (tuple(tokens_of(s)),)) for s in _cues(segments)]
+
+
+def _karaoke(cue: Cue) -> str:
+    r"""The cue's text with a ``{\kN}`` before each word (N in centiseconds), from the words' times.
+
+    A pause before a word is an empty ``{\kN}``, so each word lights up when it is said.
+    """
+    parts: list[str] = []
+    at = cue.start
+    for n, line in enumerate(cue.lines):
+        if n:
+            parts.append("\\N")
+        for i, token in enumerate(line):
+            if token.space and i:
+                parts.append(" ")
+            if token.start - at >= 0.01:
+                parts.append(f"{{\\k{round((token.start - at) * 100)}}}")
+                at = token.start
+            end = max(token.end, at)
+            parts.append(f"{{\\k{round((end - at) * 100)}}}{_ass_escape(token.text)}")
+            at = end
+    return "".join(parts)
+
+
+def build_ass(
+    segments: Sequence[Segment],
+    style: ExportStyle,
+    *,
+    width: int | None,
+    height: int | None,
+    rules: CueRules = DEFAULT_RULES,
+    karaoke: bool = False,
+) -> str:
+    """An ASS script whose sizes are relative to a 1080-line frame, so they scale with the video.
+
+    Cues follow the line ``rules``. With ``karaoke``, a cue whose words have
+    their own times gets karaoke tags, so players light each word up as it is said
+    (the style's primary colour sung, white still to come); other cues are plain.
+    """
     subs = pysubs2.SSAFile()
     play_x, play_y = _play_res(width, height)
     subs.info.update(
@@ -259,7 +299,8 @@ def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | N
     subs.styles["Default"] = pysubs2.SSAStyle(
         fontname=style.font,
         fontsize=style.size,
-        primarycolor=_parse_colour("style.primary_colour", style.primary_colour),
+        primarycolor=_parse_colour("style.primary_colour", KARAOKE_COLOUR if karaoke else style.primary_colour),
+        secondarycolor=_parse_colour("style.primary_colour", style.primary_colour),
         outlinecolor=_parse_colour("style.outline_colour", style.outline_colour),
         backcolor=pysubs2.Color(0, 0, 0, 128),
         outline=style.outline_width,
@@ -270,25 +311,27 @@ def build_ass(segments: Sequence[Segment], style: ExportStyle, *, width: int | N
         marginr=round(play_x * 0.05),
         marginv=style.margin,
     )
-    for seg in _cues(segments):
+    for cue in _rule_cues(segments, rules):
+        timed = karaoke and all(t.timed for t in cue.tokens)
         subs.events.append(
             pysubs2.SSAEvent(
-                start=round(seg.start * 1000),
-                end=round(seg.end * 1000),
+                start=round(cue.start * 1000),
+                end=round(cue.end * 1000),
                 style="Default",
-                text=_ass_escape(wrap_text(seg.text, style.max_chars_per_line)),
+                text=_karaoke(cue) if timed else _ass_escape(cue.text),
             )
         )
     return subs.to_string("ass")
 
 
-def build_text_subs(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], max_chars: int) -> str:
-    """SRT or WebVTT for a soft track: the transcript's own writer, lines wrapped at ``max_chars``.
+def build_text_subs(segments: Sequence[Segment], fmt: Literal["srt", "vtt"], rules: CueRules = DEFAULT_RULES) -> str:
+    """SRT or WebVTT for a soft track: the transcript's own writer, cues by the line ``rules``.
 
     Not pysubs2's writers, which pass ``<b>``, ``&`` and ``{...}`` through (and
     strip the last), so a transcript would turn into markup.
     """
-    return to_subtitles(_cues(segments), fmt, lines=lambda text: [line.strip() for line in wrap_text(text, max_chars).split("\n") if line.strip()])
+    cues = _rule_cues(segments, rules)
+    return to_subtitles([Segment(c.start, c.end, c.text) for c in cues], fmt)
 
 
 # -- names -----------------------------------------------------------------------
@@ -387,6 +430,7 @@ async def render_export(
     dest: Path,
     on_progress: Callable[[float], None] | None = None,
     owner: str = "",
+    rules: CueRules = DEFAULT_RULES,
 ) -> None:
     """Render ``source`` with ``segments`` to ``dest`` (complete or absent, never partial).
 
@@ -408,14 +452,14 @@ async def render_export(
     try:
         if options.mode == "burn":
             sub_path = work_dir / _BURN_SUBS
-            sub_path.write_text(build_ass(segments, options.style, width=media.width, height=media.height), encoding="utf-8")
+            sub_path.write_text(build_ass(segments, options.style, width=media.width, height=media.height, rules=rules), encoding="utf-8")
             written.append(sub_path)
             args = _burn_args(media, options, sub_path.resolve(), source, tmp)
         else:
             name, sub_format, sub_codec = _SOFT_SUBS[options.container]
             sub_path = work_dir / name
             text_format: Literal["srt", "vtt"] = "srt" if sub_format == "srt" else "vtt"
-            sub_path.write_text(build_text_subs(segments, text_format, options.style.max_chars_per_line), encoding="utf-8")
+            sub_path.write_text(build_text_subs(segments, text_format, rules), encoding="utf-8")
             written.append(sub_path)
             args = _soft_args(media, options, sub_path, sub_format, sub_codec, language, source, tmp)
         report = fraction_reporter(media.duration_s, on_progress) if on_progress is not None else None

@@ -83,6 +83,10 @@ class Admission:
                 return place
         return None
 
+    def order(self) -> list[str]:
+        """The waiting jobs in the order they will be admitted (owners in turn)."""
+        return self._fair_order()
+
     def _fair_order(self) -> list[str]:
         queues = [list(q) for q in self._waiting.values()]
         order: list[str] = []

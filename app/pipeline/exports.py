@@ -24,7 +24,9 @@ import anyio
 from app.pipeline.errors import InvalidRequest, LimitReached, NotReady
 from app.pipeline.events import EventBus
 from app.pipeline.tasks import TaskRegistry
+from app.media.cuerules import DEFAULT_RULES, CueRules, RuleError
 from app.media.render import ExportOptionError, ExportOptions, output_name, render_export
+from app.pipeline.options import JobOptions
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, FfmpegTimeout
 from app.pipeline.jobs import segment_from_dict
 from app.media.probe import MediaInfo
@@ -41,8 +43,11 @@ LIMIT_RETRY_AFTER_S = 10
 
 
 class ExportManager:
-    def __init__(self, *, store: JobRepository, files: FileStore, pool: FfmpegPool, hub: EventBus, crf: int, preset: str) -> None:
+    def __init__(
+        self, *, store: JobRepository, files: FileStore, pool: FfmpegPool, hub: EventBus, crf: int, preset: str, rules: CueRules = DEFAULT_RULES
+    ) -> None:
         self.store = store
+        self.rules = rules  # the server's subtitle line rules ([subtitles])
         self.files = files
         self.pool = pool
         self.hub = hub
@@ -64,6 +69,10 @@ class ExportManager:
             return ExportOptions.from_dict(body, default_crf=self.crf, default_preset=self.preset)
         except ExportOptionError as exc:
             raise InvalidRequest(exc.code, exc.message, field=exc.field) from None
+
+    def rules_for(self, job: JobRecord, options: ExportOptions) -> CueRules:
+        """The server's line rules, then the job's, then the export's."""
+        return options.rules(JobOptions.from_dict(job.options).subtitle_rules(self.rules))
 
     def active_for(self, job_id: str) -> int:
         return len(self._by_job.get(job_id, ()))
@@ -103,6 +112,10 @@ class ExportManager:
             raise NotReady("not_ready", f"Exports need a finished transcript; the job is {job.status}.")
         if options.mode == "burn" and job.media and not job.media.get("has_video"):
             raise InvalidRequest("invalid_export_option", "Export option 'mode' is invalid: burn needs a video stream; this file is audio only, use \"soft\" instead", field="mode")
+        try:
+            self.rules_for(job, options)
+        except RuleError as exc:
+            raise InvalidRequest("invalid_export_option", f"Export option 'subtitles.{exc.field}' is invalid: {exc.message.split(': ', 1)[1]}", field=f"subtitles.{exc.field}") from None
         self._check_limit(job.owner)
         # The place is taken before the first await, so requests racing in at
         # once cannot all pass the check.
@@ -200,6 +213,7 @@ class ExportManager:
                 dest=dest,
                 on_progress=on_progress,
                 owner=record.owner,
+                rules=self.rules_for(job, options),
             )
             size = dest.stat().st_size
             await self.store.update_export(export_id, status=Status.DONE, progress=1.0, finished_at=time.time(), size_bytes=size)
@@ -215,6 +229,8 @@ class ExportManager:
             raise
         except ExportOptionError as exc:
             await self._fail(job_id, export_id, Status.FAILED, exc.code, exc.message)
+        except RuleError as exc:
+            await self._fail(job_id, export_id, Status.FAILED, "invalid_export_option", exc.message)
         except DiskFull:
             await self._fail(job_id, export_id, Status.FAILED, "disk_full", "The server ran out of disk space while rendering; try again later.")
         except FfmpegTimeout as exc:

@@ -27,6 +27,7 @@ import anyio
 
 from app.pipeline.admission import Admission
 from app.pipeline.chains import Chain, ResumePoint
+from app.pipeline.eta import Throughput, queued_eta, running_eta
 from app.pipeline.events import EventBus
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, TooLong
 from app.media.formats import segment_to_dict, transcript_to_dict
@@ -46,6 +47,10 @@ log = logging.getLogger("altyazi.jobs")
 # alongside transcription, a block ahead of it).
 EXTRACT_SHARE = 0.05
 PROGRESS_STEP = 0.01
+# How often a transcribing job's progress moves between results: windows come
+# back from the batcher in batches, minutes of audio at once on a GPU, so the
+# bar follows the measured rate in between (never past the audio submitted).
+TICK_S = 1.0
 
 
 class JobFailure(Exception):
@@ -113,6 +118,10 @@ class JobManager:
         # of every active job: together they estimate how long the queue takes.
         self._recent: deque[tuple[float, float]] = deque()
         self._durations: dict[str, float] = {}
+        # For ETAs: the smoothed rate, and how far each active job is (audio seconds).
+        self.rates = Throughput()
+        self._done: dict[str, float] = {}
+        self._transcribing: dict[str, _Submitted] = {}  # job -> how far its windows are handed out
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -136,6 +145,7 @@ class JobManager:
         def forget(job_id: str = job.id) -> None:
             if job_id not in self._tasks:  # not replaced by a newer task for the same job
                 self._durations.pop(job_id, None)
+                self._done.pop(job_id, None)
 
         self._tasks.spawn(job.id, self._run(job), on_done=forget)
 
@@ -156,6 +166,33 @@ class JobManager:
         if rate <= 0 or not self._durations:
             return None
         return sum(self._durations.values()) / rate / len(self._durations)
+
+    def _position(self, job_id: str) -> float:
+        """Audio seconds of the job decoded by now: announced, plus its share of the rate since, up to what was handed out."""
+        done = self._done.get(job_id, 0.0)
+        flight, rate = self._transcribing.get(job_id), self.rates.rate
+        if flight is None or not rate:
+            return done
+        guess = done + rate / len(self._transcribing) * (time.monotonic() - flight.last_result)
+        return max(done, min(guess, flight.samples / SAMPLE_RATE))
+
+    def _left(self, job_id: str) -> float:
+        return max(0.0, self._durations.get(job_id, 0.0) - self._position(job_id))
+
+    def eta_seconds(self, job_id: str) -> float | None:
+        """Seconds until the job is done, from the measured rate and the work ahead (None: not known yet)."""
+        if job_id not in self._durations:
+            return None
+        waiting = self.admission.order()
+        if job_id in waiting:
+            queued = set(waiting)
+            ahead = [k for k in self._durations if k not in queued] + waiting[: waiting.index(job_id)]
+            eta = queued_eta(self._left(job_id), (self._left(k) for k in ahead), self.rates.rate)
+        else:
+            queued = set(waiting)
+            others = (self._left(k) for k in self._durations if k != job_id and k not in queued)
+            eta = running_eta(self._left(job_id), others, self.rates.rate)
+        return None if eta is None else round(eta, 1)
 
     @property
     def active(self) -> int:
@@ -246,6 +283,7 @@ class JobManager:
             raise JobFailure("no_audio", "The file's audio track holds no samples.")
         if not duration:
             duration = total_samples / SAMPLE_RATE
+        self._durations[job_id] = duration
 
         await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
         _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))
@@ -312,6 +350,7 @@ class JobManager:
 
         chains: asyncio.Queue[Chain | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        submitted = _Submitted(samples=resume.next, last_result=time.monotonic())
 
         async def plan(tg: asyncio.TaskGroup) -> None:
             spans: asyncio.Queue[WindowSpan | None] = asyncio.Queue()
@@ -347,6 +386,7 @@ class JobManager:
                         tg.create_task(chain.run())
                         chains.put_nowait(chain)
                     chain.add(span)
+                    submitted.samples = max(submitted.samples, span.end_sample)
                     if not (span.ends_in_speech or conditioned):
                         chain.close()
                         chain = None
@@ -360,6 +400,10 @@ class JobManager:
                 chains.put_nowait(None)
 
         previous_end = segments[-1].end if segments else 0.0
+        self._done[job_id] = resume.next / SAMPLE_RATE
+        self._transcribing[job_id] = submitted
+        self.rates.busy()
+        ticker = asyncio.create_task(self._tick(job_id, total_samples, base, progress), name=f"progress-{job_id}")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(plan(tg))
@@ -394,20 +438,35 @@ class JobManager:
                             await self.hub.publish(job_id, "segment", d)
                         self.audio_seconds_done += seconds
                         self._recent.append((time.monotonic(), seconds))
+                        self.rates.add(seconds)
+                        self._done[job_id] = piece.next / SAMPLE_RATE
+                        submitted.last_result = time.monotonic()
                         progress.report("transcribing", base + (1 - base) * min(1.0, piece.next / total_samples))
         except BaseExceptionGroup as group:
             # One window failed: the job fails with that window's error, not a group of them.
             first = next((e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)), group.exceptions[0])
             raise first from None
+        finally:
+            ticker.cancel()
+            self._transcribing.pop(job_id, None)
+            if not self._transcribing:
+                self.rates.idle()
         await progress.flush()
         language = max(languages, key=languages.__getitem__) if languages else None
         return segments, language, seq
+
+    async def _tick(self, job_id: str, total_samples: int, base: float, progress: _Progress) -> None:
+        """Move the bar at the job's share of the measured rate between results, up to the audio handed out."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            fraction = min(self._position(job_id) * SAMPLE_RATE / total_samples, 0.99)
+            progress.report("transcribing", base + (1 - base) * fraction)
 
     # ---- state changes -----------------------------------------------------
 
     async def _set_stage(self, job_id: str, stage: str, progress: float) -> None:
         await self.store.update_job(job_id, stage=stage, progress=progress)
-        await self.hub.publish(job_id, "progress", {"stage": stage, "progress": round(progress, 4)})
+        await self.hub.publish(job_id, "progress", {"stage": stage, "progress": round(progress, 4), "eta_seconds": self.eta_seconds(job_id)})
 
     async def _finish(
         self,
@@ -464,6 +523,14 @@ def _monotonic(segments: tuple[Segment, ...], floor: float) -> list[Segment]:
         floor = start
     return out
 
+
+
+@dataclass
+class _Submitted:
+    """How far a job's windows are handed to the batcher, and when its last result came."""
+
+    samples: int
+    last_result: float
 
 
 class _Progress:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
+from app.media.cuerules import ALIASES, PRESET_KEY, RULE_KEYS, CueRules, RuleError, parse_overrides, resolve
 from app.pipeline.errors import InvalidRequest
 from batching.types import DecodeOptions
 
@@ -16,7 +17,10 @@ LANGUAGES = frozenset(
 )
 MAX_PROMPT_CHARS = 1000
 MAX_BEAM_SIZE = 10
-KNOWN = ("language", "task", "word_timestamps", "vad", "initial_prompt", "beam_size", "condition_on_previous_text")
+DECODING = ("language", "task", "word_timestamps", "vad", "initial_prompt", "beam_size", "condition_on_previous_text")
+# Subtitle line rules (app/media/cuerules.py), under their names and whisper's command-line ones.
+SUBTITLE_OPTIONS = (PRESET_KEY, *RULE_KEYS, *ALIASES)
+KNOWN = (*DECODING, *SUBTITLE_OPTIONS)
 # Parameters that travel in the same query string but are not transcription options.
 TRANSPORT = frozenset({"filename"})
 
@@ -74,6 +78,8 @@ class JobOptions:
     # None: the server's default ([decoding] in the config), read when the job runs.
     beam_size: int | None = None
     condition_on_previous_text: bool | None = None
+    # Subtitle line rules chosen for this job (canonical names), over the server's [subtitles].
+    subtitles: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> JobOptions:
@@ -108,6 +114,11 @@ class JobOptions:
         condition = None
         if (raw_cond := raw.get("condition_on_previous_text")) not in (None, ""):
             condition = parse_bool("condition_on_previous_text", raw_cond)
+        try:
+            subtitles = parse_overrides(raw)
+            resolve(CueRules(), subtitles)  # min longer than max, say
+        except RuleError as exc:
+            raise bad_option(exc.field, exc.message.split(": ", 1)[1]) from None
         return cls(
             language=language,
             task=task,
@@ -116,14 +127,27 @@ class JobOptions:
             initial_prompt=prompt,
             beam_size=beam_size,
             condition_on_previous_text=condition,
+            subtitles=subtitles,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["subtitles"] = dict(self.subtitles)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobOptions:
-        return cls(**{k: data[k] for k in KNOWN if k in data})
+        return cls(**{k: data[k] for k in (*DECODING, "subtitles") if k in data})
+
+    def subtitle_rules(self, defaults: CueRules) -> CueRules:
+        """The server's rules with this job's choices on top."""
+        return resolve(defaults, self.subtitles)
+
+    def with_words_for(self, defaults: CueRules) -> JobOptions:
+        """Word timestamps on where line rules are on: cues are then cut at the words' own times."""
+        if self.word_timestamps or not self.subtitle_rules(defaults).enabled:
+            return self
+        return replace(self, word_timestamps=True)
 
     def conditioned(self, defaults: DecodingDefaults) -> bool:
         if self.condition_on_previous_text is None:
