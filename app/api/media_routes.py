@@ -35,7 +35,8 @@ async def media_link(request: Request) -> Response:
             "expires_at": iso(expires),
             "kind": "video" if _has_video(job, plan) else "audio",
             "copy": plan != "input",
-            "ready": source is not None,
+            # A finished job's copy is made on the first request if it is missing.
+            "ready": source is not None or (job.status not in (Status.QUEUED, Status.RUNNING) and state.files.find_input(job.id) is not None),
         },
         headers={"Cache-Control": "no-store"},
     )
