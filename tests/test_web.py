@@ -8,6 +8,7 @@ The flow test also refreshes the screenshots in ``docs/screenshots``.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -119,7 +120,7 @@ def test_upload_watch_edit_export_download(make_server: Callable[..., LiveServer
 
     # The transcript arrives over the event stream; done shows the results and the editor.
     expect(page.locator("#job-status")).to_contain_text("Done", timeout=60_000)
-    segments = page.locator("#segments li")
+    segments = page.locator("#segments > li")
     expect(segments.first.locator("textarea")).to_have_value("window 0")
     expect(segments.first.locator(".seg-start")).to_have_value(re.compile(r"^00:00\."))
     job_id = live.client().get("/v1/jobs").json()["jobs"][0]["id"]
@@ -154,7 +155,7 @@ def test_upload_watch_edit_export_download(make_server: Callable[..., LiveServer
     name, data = read_download(page, link.click)
     assert name == "talk_subs.mkv" and len(data) > 1000
 
-    name, data = read_download(page, page.get_by_role("button", name="SRT").click)
+    name, data = read_download(page, page.get_by_role("button", name="SRT", exact=True).click)
     assert name == "talk.srt"
     assert "Edited in the browser" in data.decode("utf-8")
     assert "00:00:01,500" in data.decode("utf-8")
@@ -206,7 +207,7 @@ def test_queue_position_while_waiting(make_server: Callable[..., LiveServer], pa
     expect(page.locator("#job-progress")).to_be_visible()
     live.extra["loop"].call_soon_threadsafe(hold.set)
     expect(page.locator("#job-status")).to_contain_text("Done", timeout=30_000)
-    expect(page.locator("#segments li")).not_to_have_count(0)
+    expect(page.locator("#segments > li")).not_to_have_count(0)
 
 
 @needs_browser
@@ -303,3 +304,132 @@ def test_with_keys_on_the_page_sends_the_key(make_server: Callable[..., LiveServ
     expect(page.locator("#job")).to_be_hidden()
     with live.client() as client:
         assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).json()["jobs"] == []
+
+
+@needs_browser
+def test_two_uploads_then_the_editor_after_a_reload(make_server: Callable[..., LiveServer], page: Any, clip: Path, tmp_path: Path) -> None:
+    """Two files at once, a zip of both SRTs; split, merge, insert, undo, timing from the
+    playhead, a reading-speed warning; then a reload plays the server's copy, with Range."""
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    live = make_server()
+    other = tmp_path / "other.mp4"
+    other.write_bytes(clip.read_bytes())
+    page.goto(live.url + "/")
+    page.set_input_files("#file", [str(clip), str(other)])
+    expect(page.locator("#file-name")).to_contain_text("2 files")
+    page.get_by_label("Word timestamps").check()
+    page.get_by_label("Vocabulary and names (optional)").fill("altyazi, Kübra")
+    page.get_by_role("button", name="Upload and transcribe").click()
+    queue = page.locator("#upload-queue li")
+    expect(queue).to_have_count(2)
+    expect(page.locator("#job-title")).to_have_text("talk.mp4")  # the first opens at once
+    zip_button = page.get_by_role("button", name="Download all SRTs (.zip)")
+    expect(zip_button).to_be_visible(timeout=60_000)
+    expect(queue.nth(1)).to_contain_text("Done")
+    name, data = read_download(page, zip_button.click)
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert name == "subtitles.zip" and archive.namelist() == ["talk.srt", "other.srt"] and archive.testzip() is None
+    assert "window 0" in archive.read("other.srt").decode()
+    with live.client() as client:
+        jobs = client.get("/v1/jobs").json()["jobs"]
+        assert {j["options"]["initial_prompt"] for j in jobs} == {"altyazi, Kübra"}
+        job_id = next(j["id"] for j in jobs if j["filename"] == "talk.mp4")
+
+    def server_texts() -> list[str]:
+        with live.client() as client:
+            return [s["text"] for s in client.get(f"/v1/jobs/{job_id}/transcript").json()["segments"]]
+
+    def saved() -> None:
+        expect(page.locator("#save-status")).to_contain_text("All changes saved")
+
+    rows = page.locator("#segments > li")
+    text1 = page.get_by_label("Text of segment 1")
+    expect(text1).to_have_value("window 0")
+
+    # Split at the cursor (after "window"), then merge back, insert, undo and redo.
+    text1.click()
+    text1.evaluate("t => t.setSelectionRange(6, 6)")
+    page.get_by_role("button", name="Split at cursor").click()
+    expect(rows).to_have_count(2)
+    expect(page.get_by_label("Text of segment 2")).to_have_value("0")
+    saved()
+    assert server_texts() == ["window", "0"]
+    text1.click()
+    page.get_by_role("button", name="Merge with next").click()
+    expect(rows).to_have_count(1)
+    expect(text1).to_have_value("window 0")
+    page.get_by_role("button", name="Insert cue").click()
+    expect(rows).to_have_count(2)
+    page.get_by_label("Text of segment 2").fill("Inserted")
+    saved()
+    assert server_texts() == ["window 0", "Inserted"]
+    page.keyboard.press("Control+z")  # the typing, then the insert
+    page.get_by_role("button", name="Undo").click()
+    expect(rows).to_have_count(1)
+    page.get_by_role("button", name="Redo").click()
+    expect(rows).to_have_count(2)
+    page.keyboard.press("Alt+Delete")
+    expect(rows).to_have_count(1)
+    saved()
+    assert server_texts() == ["window 0"]
+
+    # Start from the playhead, and a nudge.
+    page.evaluate("() => { const p = document.getElementById('player'); p.pause(); p.currentTime = 0.4; }")
+    text1.click()
+    page.get_by_role("button", name="Start from playhead").click()
+    expect(page.get_by_label("Start of segment 1")).to_have_value("00:00.400")
+    end_before = page.get_by_label("End of segment 1").input_value()
+    page.get_by_role("button", name="End 100 ms later").click()
+    expect(page.get_by_label("End of segment 1")).not_to_have_value(end_before)
+    saved()
+    with live.client() as client:
+        seg = client.get(f"/v1/jobs/{job_id}/transcript").json()["segments"][0]
+    assert seg["start"] == 0.4
+
+    # Too much to read in the time: flagged, and the flag goes with the fix.
+    text1.fill("This sentence is much too long to be read in the short time it is shown")
+    expect(rows.first.locator(".seg-warnings .warn-cps")).to_contain_text("characters a second (over 17)")
+    expect(rows.first.locator(".seg-warnings .warn-line")).to_contain_text("over 42")
+    text1.fill("Short and clear")
+    expect(rows.first.locator(".seg-warnings li")).to_have_count(0)
+    saved()
+
+    # The export and the downloads are the edited text.
+    name, data = read_download(page, page.get_by_role("button", name="SRT", exact=True).click)
+    srt = data.decode("utf-8")
+    assert "Short and clear" in srt and "00:00:00,400 -->" in srt
+
+    # A word the model was unsure of is marked (word timestamps carry the probabilities).
+    with live.client() as client:
+        base = f"/v1/jobs/{job_id}/transcript"
+        seg = client.get(base).json()["segments"][0]
+        mid = round((seg["start"] + seg["end"]) / 2, 3)
+        words = [{"start": seg["start"], "end": mid, "word": "Short", "probability": 0.95},
+                 {"start": mid, "end": seg["end"], "word": " and clear", "probability": 0.2}]
+        assert client.put(base, json={"segments": [{**seg, "words": words}]}).status_code == 200
+
+    # Reloaded, without the local file: the server's copy plays, fetched with Range.
+    media_answers: list[int] = []
+    page.on("response", lambda r: media_answers.append(r.status) if "/media?token=" in r.url else None)
+    page.reload()
+    expect(page.get_by_label("Text of segment 1")).to_have_value("Short and clear")
+    expect(rows.first.locator("mark.low")).to_have_text(" and clear")
+    expect(page.locator("#waveform")).to_be_visible()
+    assert "/media?token=" in page.evaluate("document.getElementById('player').src")
+    page.evaluate("() => { const p = document.getElementById('player'); p.muted = true; return p.play(); }")
+    page.wait_for_function("() => document.getElementById('player').currentTime > 0.3")
+    page.evaluate("() => { const p = document.getElementById('player'); p.pause(); p.currentTime = 1.0; }")
+    expect(rows.first).to_have_attribute("aria-current", "true")
+    assert 206 in media_answers, media_answers
+
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement.blur()")
+    browser.save_screenshot(page, SCREENSHOTS / "desktop.png")
+    page.set_viewport_size(browser.PHONE)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, "the page scrolls sideways at phone width"
+    page.evaluate("document.getElementById('job').scrollIntoView()")
+    browser.save_screenshot(page, SCREENSHOTS / "phone.png", full_page=False)

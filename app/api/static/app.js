@@ -911,11 +911,15 @@
   function travel(v, step) {
     const to = v.hpos + step;
     if (to < 0 || to >= v.history.length) return;
+    const before = v.segments;
     v.hpos = to;
     v.segments = v.history[to];
     v.lastKey = null;
     updateUndo(v);
-    const i = v.current;
+    // Focus where the change was: unchanged cues are the same objects in both arrays.
+    let i = 0;
+    while (i < before.length && i < v.segments.length && before[i] === v.segments[i]) i++;
+    if (i >= before.length && i >= v.segments.length) i = v.current;
     renderSegments(v);
     focusRow(v, i, null);
     scheduleSave(v, 0);
