@@ -216,3 +216,22 @@ def test_tokens_expire_and_bind_the_owner(tmp_path: Path) -> None:
     assert MediaTokens.load(tmp_path / "k").check(token, "job1", "alice", now=1000)  # kept across restarts
     assert not MediaTokens.ephemeral().check(token, "job1", "alice", now=1000)
     assert json.dumps(token).isascii()
+
+
+def test_unplayable_codecs_get_an_audio_copy(make_server: Callable[..., LiveServer], tmp_path: Path) -> None:
+    """AC-3 sound in Matroska: neither container nor codec plays in browsers; the player gets AAC."""
+    src = tmp_path / "talk.mka"
+    speech = make_video_with_speech("an audio copy for the player", tmp_path / "talk.mp4")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(speech), "-vn", "-c:a", "ac3", str(src)], check=True)
+    live = make_server()
+    with live.client() as client:
+        job = upload(client, src)
+        wait_done(client, job["id"])
+        link = client.get(f"/v1/jobs/{job['id']}/media/link").json()
+        assert link["kind"] == "audio" and link["copy"] is True and link["ready"] is True
+        r = client.get(link["url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/mp4" and r.content[4:8] == b"ftyp"
+        assert len(r.content) < src.stat().st_size * 2
+        # A copy deleted (a job from before copies were made) is made again on request.
+        live.state.files.playback_path(job["id"], ".m4a").unlink()
+        assert client.get(link["url"], headers={"Range": "bytes=0-7"}).status_code == 206

@@ -425,6 +425,11 @@ def test_two_uploads_then_the_editor_after_a_reload(make_server: Callable[..., L
     expect(rows.first).to_have_attribute("aria-current", "true")
     assert 206 in media_answers, media_answers
 
+    # For the screenshots: two cues, the second one current, with a warning.
+    page.get_by_label("Text of segment 1").evaluate("t => { t.focus(); t.setSelectionRange(5, 5); }")
+    page.keyboard.press("Control+Enter")
+    expect(rows).to_have_count(2)
+    saved()
     page.mouse.move(0, 0)
     page.evaluate("document.activeElement.blur()")
     browser.save_screenshot(page, SCREENSHOTS / "desktop.png")
@@ -433,3 +438,59 @@ def test_two_uploads_then_the_editor_after_a_reload(make_server: Callable[..., L
     assert overflow <= 0, "the page scrolls sideways at phone width"
     page.evaluate("document.getElementById('job').scrollIntoView()")
     browser.save_screenshot(page, SCREENSHOTS / "phone.png", full_page=False)
+
+
+@needs_browser
+def test_cue_operations_in_the_page(make_server: Callable[..., LiveServer], page: Any) -> None:
+    """static/cues.js, the editor's pure part, on hard cases; run where it runs, in Chromium."""
+    live = make_server()
+    page.goto(live.url + "/")
+    page.wait_for_function("() => !!window.altyaziCues")
+    got = page.evaluate(
+        """() => {
+          const C = window.altyaziCues;
+          const timed = [{ start: 1, end: 3, text: "Hello there world", words: [
+            { start: 1, end: 1.5, word: "Hello", probability: 0.9 },
+            { start: 1.6, end: 2.2, word: " there", probability: 0.3 },
+            { start: 2.3, end: 3, word: " world", probability: 0.9 }] }];
+          const split = C.split(timed, 0, 5);          // after "Hello": at the word " there"
+          const plain = C.split([{ start: 0, end: 4, text: "abcd" }], 0, 1);
+          const merged = C.merge(split, 0, "en");
+          const cjk = C.merge([{ start: 0, end: 1, text: "你好" }, { start: 1, end: 2, text: "世界" }], 0, "zh");
+          const two = [{ start: 0, end: 1, text: "a" }, { start: 2, end: 3, text: "b" }];
+          const inserted = C.insertAfter(two, 0, 0, 10);
+          const squeezed = C.insertAfter([{ start: 0, end: 2, text: "a" }, { start: 2, end: 3, text: "b" }], 0, 0, 10);
+          const fast = C.warnings([{ start: 0, end: 1, text: "x".repeat(30) }], 0).map((w) => w.kind);
+          const overlap = C.warnings([{ start: 0, end: 2, text: "a" }, { start: 1.5, end: 3, text: "b" }], 0).map((w) => w.kind);
+          const replaced = C.replaceAll(two.concat([{ start: 4, end: 5, text: "A.b (a)" }]), "a", "x", false);
+          return {
+            split: split.map((s) => [s.start, s.end, s.text, (s.words || []).map((w) => w.word)]),
+            plain: plain.map((s) => [s.start, s.end, s.text]),
+            merged: [merged.length, merged[0].text, merged[0].words.length, merged[0].end],
+            cjk: cjk[0].text,
+            inserted: inserted.map((s) => [s.start, s.end]),
+            squeezed: squeezed.map((s) => [s.start, s.end]),
+            fast, overlap,
+            replaced: [replaced.count, replaced.segs.map((s) => s.text)],
+            diffNone: C.diff(two, two.map(C.copy)).kind,
+            diffPatch: C.diff(two, C.change(two, 1, { text: "c" })),
+            diffPut: C.diff(two, C.remove(two, 0)).kind,
+            textDropsWords: "words" in C.change(timed, 0, { text: "new" })[0],
+            vtt: C.toVtt([{ start: 61.5, end: 62, text: "<i>a</i> & b" }]),
+            eta: [C.etaText(null), C.etaText(20), C.etaText(70), C.etaText(125), C.etaText(7500)],
+          };
+        }"""
+    )
+    assert got["split"] == [[1, 1.6, "Hello", ["Hello"]], [1.6, 3, "there world", [" there", " world"]]]
+    assert got["plain"] == [[0, 1, "a"], [1, 4, "bcd"]]
+    assert got["merged"] == [1, "Hello there world", 3, 3]
+    assert got["cjk"] == "你好世界"
+    assert got["inserted"] == [[0, 1], [1, 2], [2, 3]]
+    assert got["squeezed"] == [[0, 1], [1, 2], [2, 3]]
+    assert got["fast"] == ["cps"] and "overlap" in got["overlap"]
+    assert got["replaced"] == [3, ["x", "b", "x.b (x)"]]
+    assert got["diffNone"] == "none" and got["diffPut"] == "put"
+    assert got["diffPatch"] == {"kind": "patch", "index": 1, "fields": {"text": "c"}}
+    assert got["textDropsWords"] is False
+    assert got["vtt"] == "WEBVTT\n\n00:01:01.500 --> 00:01:02.000\n&lt;i&gt;a&lt;/i&gt; &amp; b\n"
+    assert got["eta"] == [None, "less than a minute left", "about 1 min left", "about 2 min left", "about 2 h 5 min left"]

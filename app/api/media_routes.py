@@ -8,15 +8,21 @@ is a 404, as everywhere.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.api.errors import ApiError, not_found
 from app.api.routes import PinnedFileResponse, iso, load_job, state_of
+from app.api.state import AppState
+from app.media.ffmpeg import FfmpegError
 from app.media.playback import media_type_for
 from storage.states import Status
 from storage.store import JobRecord
+
+log = logging.getLogger("altyazi.media")
 
 
 def _has_video(job: JobRecord, plan: str) -> bool:
@@ -57,12 +63,21 @@ async def _job_for_media(request: Request) -> JobRecord:
     return job
 
 
+async def prepare(state: AppState, job: JobRecord) -> None:
+    """Make a finished job's waveform and playable copy now; ffmpeg's refusal is the API's error."""
+    try:
+        await state.manager.playback.prepare(job)
+    except FfmpegError as exc:
+        log.warning("job %s: waveform or playable copy not made: %s", job.id, exc.message)
+        raise ApiError(404, "media_missing", "This job's media could not be read back for the player (deleted, or unreadable).") from None
+
+
 async def get_media(request: Request) -> Response:
     state = state_of(request)
     job = await _job_for_media(request)
     source = state.manager.playback.source(job)
     if source is None and job.status not in (Status.QUEUED, Status.RUNNING):
-        await state.manager.playback.prepare(job)  # a job finished before copies were made
+        await prepare(state, job)  # a job finished before copies were made
         source = state.manager.playback.source(job)
     if source is None:
         if job.status in (Status.QUEUED, Status.RUNNING):
@@ -82,6 +97,8 @@ async def get_waveform(request: Request) -> Response:
     job = await load_job(request)
     if not state.files.waveform_path(job.id).exists() and job.status in (Status.QUEUED, Status.RUNNING):
         raise ApiError(409, "not_ready", "The waveform is drawn once the audio is extracted; try again in a moment.")
+    if not state.files.waveform_path(job.id).exists():
+        await prepare(state, job)  # a job finished before waveforms were made
     data = await state.manager.playback.waveform(job)
     if data is None:
         raise not_found("job")

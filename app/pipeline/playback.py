@@ -56,8 +56,9 @@ class PlaybackFiles:
         """Make what is missing; ``pcm`` is the job's extracted audio when the caller has it."""
         lock = self._locks.setdefault(job.id, asyncio.Lock())
         try:
-            async with lock:
-                await self._prepare(job, pcm)
+            with self.files.pin(job.id):  # retention waits until the copy is made
+                async with lock:
+                    await self._prepare(job, pcm)
         finally:
             if not lock.locked():
                 self._locks.pop(job.id, None)
@@ -107,12 +108,9 @@ class PlaybackFiles:
             part.unlink(missing_ok=True)
 
     async def waveform(self, job: JobRecord) -> dict[str, Any] | None:
-        """The waveform as stored (made now when missing); None when the job's files are gone."""
-        path = self.files.waveform_path(job.id)
-        if not path.exists():
-            await self.prepare(job)
+        """The waveform as stored; None when it is not (made yet, or the job's files are gone)."""
         try:
-            return await anyio.to_thread.run_sync(_read_json, path)
+            return await anyio.to_thread.run_sync(_read_json, self.files.waveform_path(job.id))
         except FileNotFoundError:
             return None
 

@@ -255,17 +255,6 @@
   let jobsCursor = null;
   const batch = { entries: [], running: false, pollTimer: null };
 
-  // "about 2 min left"; null when there is nothing sensible to say.
-  function fmtEta(seconds) {
-    if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds < 0) return null;
-    if (seconds < 45) return "less than a minute left";
-    if (seconds < 90) return "about 1 min left";
-    const minutes = Math.round(seconds / 60);
-    if (minutes < 90) return `about ${minutes} min left`;
-    const h = Math.floor(minutes / 60), m = minutes % 60;
-    return `about ${h} h${m ? " " + m + " min" : ""} left`;
-  }
-
   function statusLine(job) {
     const stage = STAGES[job.stage] || job.stage || "";
     let text;
@@ -277,7 +266,7 @@
     } else {
       text = STAGES[job.status] || job.status;
     }
-    const eta = (job.status === "queued" || job.status === "running") ? fmtEta(job.eta_seconds) : null;
+    const eta = (job.status === "queued" || job.status === "running") ? C.etaText(job.eta_seconds) : null;
     return eta ? `${text} · ${eta}` : text;
   }
 
@@ -921,6 +910,7 @@
     while (i < before.length && i < v.segments.length && before[i] === v.segments[i]) i++;
     if (i >= before.length && i >= v.segments.length) i = v.current;
     renderSegments(v);
+    renderStatus(v);
     focusRow(v, i, null);
     scheduleSave(v, 0);
     scheduleTrack(v);
@@ -930,6 +920,7 @@
   function structural(v, segs, focus, caret) {
     commit(v, segs, null);
     renderSegments(v);
+    renderStatus(v); // the count of cues
     focusRow(v, focus, caret);
     scheduleSave(v, 0);
     scheduleTrack(v);

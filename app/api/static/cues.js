@@ -1,4 +1,4 @@
-// altyazi web page: pure operations on cues (segments), shared by the editor.
+// altyazi web page: pure operations on cues (segments) and the words the page says about them.
 // No DOM here: every function takes plain {start, end, text, words?} objects and
 // returns new ones, so undo can keep old arrays as they are.
 "use strict";
@@ -188,5 +188,16 @@
     return "WEBVTT\n\n" + cues.join("\n\n") + "\n";
   }
 
-  window.altyaziCues = { RULES, LOW_CONFIDENCE, copy, warnings, split, merge, insertAfter, remove, change, diff, findAll, replaceAll, toVtt };
+  // "about 2 min left" for the job's eta_seconds; null when there is nothing sensible to say.
+  function etaText(seconds) {
+    if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds < 0) return null;
+    if (seconds < 45) return "less than a minute left";
+    if (seconds < 90) return "about 1 min left";
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 90) return `about ${minutes} min left`;
+    const h = Math.floor(minutes / 60), m = minutes % 60;
+    return `about ${h} h${m ? " " + m + " min" : ""} left`;
+  }
+
+  window.altyaziCues = { RULES, LOW_CONFIDENCE, copy, warnings, split, merge, insertAfter, remove, change, diff, findAll, replaceAll, toVtt, etaText };
 })();
