@@ -85,6 +85,8 @@ async def job_json(state: AppState, job: JobRecord, *, request: Request | None =
             "self": f"/v1/jobs/{job.id}",
             "events": f"/v1/jobs/{job.id}/events",
             "transcript": f"/v1/jobs/{job.id}/transcript",
+            "waveform": f"/v1/jobs/{job.id}/waveform",
+            "media_link": f"/v1/jobs/{job.id}/media/link",
         },
     }
 

@@ -251,8 +251,11 @@ class JobManager:
         await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
         _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))
         await progress.flush()
-        # Made while the windows are decoded, from the PCM that is deleted once done.
-        aids = asyncio.create_task(self._playback_aids(job, pcm), name=f"playback-{job_id}")
+        # Made while the windows are decoded, from the PCM that is deleted once done. Jobs
+        # made through another front door ("via": the OpenAI routes) are never shown in
+        # the page: their caller takes the text and they go.
+        shown = not (job.options or {}).get("via")
+        aids = asyncio.create_task(self._playback_aids(job, pcm) if shown else asyncio.sleep(0), name=f"playback-{job_id}")
         try:
             segments, language, windows = await self._transcribe(job, options, pcm, total_samples, progress)
             await aids
