@@ -436,7 +436,7 @@ def test_two_uploads_then_the_editor_after_a_reload(make_server: Callable[..., L
     page.set_viewport_size(browser.PHONE)
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, "the page scrolls sideways at phone width"
-    page.evaluate("document.getElementById('job').scrollIntoView()")
+    page.evaluate("document.getElementById('waveform').scrollIntoView()")
     browser.save_screenshot(page, SCREENSHOTS / "phone.png", full_page=False)
 
 

@@ -73,7 +73,7 @@
 
   async function api(method, path, options) {
     const opts = options || {};
-    const init = { method, headers: authHeaders(opts.headers), cache: "no-store", signal: opts.signal };
+    const init = { method, headers: authHeaders(opts.headers), cache: "no-store", signal: opts.signal, keepalive: !!opts.keepalive };
     if (opts.json !== undefined) {
       init.body = JSON.stringify(opts.json);
       init.headers["Content-Type"] = "application/json";
@@ -1061,12 +1061,14 @@
     $("save-status").textContent = "Saving…";
     try {
       if (d.kind === "patch") {
-        const r = await apiJson("PATCH", `${jobPath(v.id)}/transcript/segments/${d.index}`, { json: d.fields });
+        // keepalive: a PATCH sent as the tab closes still arrives.
+        const r = await apiJson("PATCH", `${jobPath(v.id)}/transcript/segments/${d.index}`, { json: d.fields, keepalive: !!v.unloading });
         const saved = v.saved.slice();
         saved[d.index] = C.copy(r.segment);
         v.saved = saved;
       } else {
-        const r = await apiJson("PUT", jobPath(v.id) + "/transcript", { json: { segments: target.map(C.copy) } });
+        const body = { segments: target.map(C.copy) };
+        const r = await apiJson("PUT", jobPath(v.id) + "/transcript", { json: body, keepalive: !!v.unloading && JSON.stringify(body).length < 60000 });
         v.saved = (r.segments || []).map(C.copy);
       }
       if (v.closed) return;
@@ -1519,7 +1521,7 @@
     $("find").addEventListener("input", () => { if (view) { view.findAt = null; $("find-status").textContent = ""; } });
     $("replace-one").addEventListener("click", () => view && replaceOne(view));
     $("replace-all").addEventListener("click", () => view && replaceEvery(view));
-    window.addEventListener("beforeunload", () => { if (view) flushSave(view); });
+    window.addEventListener("pagehide", () => { if (view) { view.unloading = true; flushSave(view); } });
 
     for (const button of $("downloads").querySelectorAll("button[data-format]")) {
       button.addEventListener("click", async () => {
