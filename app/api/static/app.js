@@ -696,7 +696,8 @@
           job.stage = d.stage || job.stage;
           job.progress = d.progress;
           if ("eta_seconds" in d) job.eta_seconds = d.eta_seconds;
-          if (!v.waveform && !v.waveformAsked && job.stage === "transcribing") loadWaveform(v);
+          // Drawn once the audio is out; asked for at most every few seconds until then.
+          if (!v.waveform && !v.waveformAsked && job.stage === "transcribing" && !(Date.now() - (v.waveformTriedAt || 0) < 5000)) loadWaveform(v);
           renderStatus(v);
         }
         break;
@@ -1251,6 +1252,7 @@
 
   async function loadWaveform(v) {
     v.waveformAsked = true;
+    v.waveformTriedAt = Date.now();
     try {
       const data = await apiJson("GET", jobPath(v.id) + "/waveform", { signal: v.abort.signal });
       if (v.closed) return;
