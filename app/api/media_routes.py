@@ -67,8 +67,9 @@ async def prepare(state: AppState, job: JobRecord) -> None:
     """Make a finished job's waveform and playable copy now; ffmpeg's refusal is the API's error."""
     try:
         await state.manager.playback.prepare(job)
-    except FfmpegError as exc:
-        log.warning("job %s: waveform or playable copy not made: %s", job.id, exc.message)
+    except (FfmpegError, OSError) as exc:
+        # ffmpeg cannot read it, or the job was deleted meanwhile.
+        log.warning("job %s: waveform or playable copy not made: %s", job.id, getattr(exc, "message", exc))
         raise ApiError(404, "media_missing", "This job's media could not be read back for the player (deleted, or unreadable).") from None
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import anyio
 
@@ -67,29 +67,30 @@ class PlaybackFiles:
         wave = self.files.waveform_path(job.id)
         need_wave = not wave.exists()
         need_copy = self.source(job) is None and self.plan(job) != "input"
-        if not (need_wave or need_copy):
-            return
         source = self.files.find_input(job.id)
-        temp: Path | None = None
-        try:
-            if pcm is None or not pcm.exists():  # noqa: ASYNC240 - one stat
-                if source is None:
-                    return  # deleted meanwhile
-                temp = self.files.work_dir(job.id) / "playback.pcm"
-                await self.pool.extract_audio(source, temp, duration_s=job.duration_s)
-                pcm = temp
-            if need_wave:
-                waveform = await anyio.to_thread.run_sync(peaks_from_pcm, pcm)
-                await anyio.to_thread.run_sync(atomic_write_json, wave, waveform.to_dict())
-            if need_copy and source is not None:
-                await self._make_copy(job, source, pcm)
-        finally:
-            if temp is not None:
-                temp.unlink(missing_ok=True)
+        if not (need_wave or need_copy) or source is None:
+            return
+        temp = self.files.job_dir(job.id) / "playback.pcm"  # not work_dir(): that would make a deleted job's folder again
 
-    async def _make_copy(self, job: JobRecord, source: Path, pcm: Path) -> None:
-        plan = self.plan(job)
-        if plan == "remux":
+        async def audio() -> Path:
+            # The pipeline's PCM when there is one; else extracted again, once, only when needed.
+            if pcm is not None and pcm.exists():  # noqa: ASYNC240 - one stat
+                return pcm
+            if not temp.exists():  # noqa: ASYNC240 - one stat
+                await self.pool.extract_audio(source, temp, duration_s=job.duration_s)
+            return temp
+
+        try:
+            if need_wave:
+                waveform = await anyio.to_thread.run_sync(peaks_from_pcm, await audio())
+                await anyio.to_thread.run_sync(atomic_write_json, wave, waveform.to_dict())
+            if need_copy:
+                await self._make_copy(job, source, audio)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    async def _make_copy(self, job: JobRecord, source: Path, audio: Callable[[], Awaitable[Path]]) -> None:
+        if self.plan(job) == "remux":
             dst = self.files.playback_path(job.id, ".mp4")
             try:
                 await self._run(remux_args(source, dst.with_name(dst.name + ".part")), dst, job.owner)
@@ -97,7 +98,7 @@ class PlaybackFiles:
             except FfmpegError as exc:
                 log.info("job %s: the streams could not be copied into an MP4 (%s); making an audio copy", job.id, exc.message)
         dst = self.files.playback_path(job.id, ".m4a")
-        await self._run(audio_args(pcm, dst.with_name(dst.name + ".part")), dst, job.owner)
+        await self._run(audio_args(await audio(), dst.with_name(dst.name + ".part")), dst, job.owner)
 
     async def _run(self, args: list[str], dst: Path, owner: str) -> None:
         part = dst.with_name(dst.name + ".part")
