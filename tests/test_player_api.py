@@ -235,3 +235,6 @@ def test_unplayable_codecs_get_an_audio_copy(make_server: Callable[..., LiveServ
         # A copy deleted (a job from before copies were made) is made again on request.
         live.state.files.playback_path(job["id"], ".m4a").unlink()
         assert client.get(link["url"], headers={"Range": "bytes=0-7"}).status_code == 206
+        names = sorted(p.name for p in live.state.files.job_dir(job["id"]).iterdir())
+        assert "playback.m4a" in names and "waveform.json" in names
+        assert not [n for n in names if n.endswith((".pcm", ".part"))], names
