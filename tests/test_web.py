@@ -17,7 +17,7 @@ import pytest
 
 from app.api.page import STATIC_DIR
 from tests import browser
-from tests.conftest import REPO, LiveServer
+from tests.conftest import REPO, LiveServer, wait_done
 from tests.media import make_video_with_speech
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -297,6 +297,13 @@ def test_with_keys_on_the_page_sends_the_key(make_server: Callable[..., LiveServ
     with live.client() as client:
         assert len(client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).json()["jobs"]) == 1
 
+    # After a reload the player cannot send the key: it plays through the signed link.
+    page.reload()
+    expect(page.get_by_label("Text of segment 1")).to_be_visible()
+    page.wait_for_function("() => { const p = document.getElementById('player'); return p.src.includes('/media?token=') && p.readyState >= 1; }")
+    with live.client() as client:
+        assert client.get(page.evaluate("document.getElementById('player').src").split("?")[0]).status_code == 401
+
     # Delete from "My jobs" (after the browser's own confirmation): the open job closes too.
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete talk.mp4").click()
@@ -430,6 +437,7 @@ def test_two_uploads_then_the_editor_after_a_reload(make_server: Callable[..., L
     page.keyboard.press("Control+Enter")
     expect(rows).to_have_count(2)
     saved()
+    page.wait_for_function("() => { const t = document.querySelector('#player track'); return t && t.track.activeCues && t.track.activeCues.length > 0; }")
     page.mouse.move(0, 0)
     page.evaluate("document.activeElement.blur()")
     browser.save_screenshot(page, SCREENSHOTS / "desktop.png")
@@ -494,3 +502,26 @@ def test_cue_operations_in_the_page(make_server: Callable[..., LiveServer], page
     assert got["textDropsWords"] is False
     assert got["vtt"] == "WEBVTT\n\n00:01:01.500 --> 00:01:02.000\n&lt;i&gt;a&lt;/i&gt; &amp; b\n"
     assert got["eta"] == [None, "less than a minute left", "about 1 min left", "about 2 min left", "about 2 h 5 min left"]
+
+
+@needs_browser
+def test_the_playing_cue_is_kept_in_view_inside_the_list(make_server: Callable[..., LiveServer], page: Any, clip: Path) -> None:
+    from playwright.sync_api import expect
+
+    live = make_server()
+    with live.client() as client, open(clip, "rb") as fh:
+        job_id = client.post("/v1/jobs", files={"file": ("talk.mp4", fh)}).json()["id"]
+        wait_done(client, job_id)
+        duration = client.get(f"/v1/jobs/{job_id}").json()["duration_s"]
+        step = duration / 40
+        cues = [{"start": round(k * step, 3), "end": round((k + 1) * step - 0.001, 3), "text": f"cue {k + 1}"} for k in range(40)]
+        assert client.put(f"/v1/jobs/{job_id}/transcript", json={"segments": cues}).status_code == 200
+    page.goto(f"{live.url}/#job={job_id}")
+    rows = page.locator("#segments > li")
+    expect(rows).to_have_count(40)
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")
+    page_scroll = page.evaluate("window.scrollY")
+    page.evaluate(f"() => {{ document.getElementById('player').currentTime = {round(38.5 * step, 3)}; }}")
+    expect(rows.nth(38)).to_have_attribute("aria-current", "true")
+    page.wait_for_function("() => { const l = document.getElementById('segments'), r = l.children[38]; return r.offsetTop >= l.scrollTop && r.offsetTop + r.offsetHeight <= l.scrollTop + l.clientHeight; }")
+    assert page.evaluate("window.scrollY") == page_scroll  # the list scrolled, not the page
