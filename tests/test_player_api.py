@@ -238,3 +238,23 @@ def test_unplayable_codecs_get_an_audio_copy(make_server: Callable[..., LiveServ
         names = sorted(p.name for p in live.state.files.job_dir(job["id"]).iterdir())
         assert "playback.m4a" in names and "waveform.json" in names
         assert not [n for n in names if n.endswith((".pcm", ".part"))], names
+
+
+def test_patches_of_different_segments_at_once_all_land(make_server: Callable[..., LiveServer], media: dict[str, Path]) -> None:
+    import asyncio
+
+    live = make_server()
+    with live.client() as client:
+        job = upload(client, media["tone"], vad="false")
+        wait_done(client, job["id"])
+        base = f"/v1/jobs/{job['id']}/transcript"
+        count = len(client.get(base).json()["segments"])
+
+    async def patch_all() -> list[int]:
+        async with live.aclient() as ac:
+            answers = await asyncio.gather(*(ac.patch(f"{base}/segments/{i}", json={"text": f"edit {i}"}) for i in range(count)))
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(patch_all()) == [200] * count
+    with live.client() as client:
+        assert [s["text"] for s in client.get(base).json()["segments"]] == [f"edit {i}" for i in range(count)]
