@@ -37,8 +37,11 @@ _AUDIO_FILES = {
     "flac": {"flac"},
 }
 
-MEDIA_TYPES = {".mp4": "video/mp4", ".m4a": "audio/mp4", ".webm": "video/webm", ".mp3": "audio/mpeg",
-               ".wav": "audio/wav", ".ogg": "audio/ogg", ".flac": "audio/flac", ".mov": "video/mp4", ".m4v": "video/mp4"}
+MEDIA_TYPES = {
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/mp4", ".m4a": "audio/mp4", ".webm": "video/webm",
+    ".weba": "audio/webm", ".mp3": "audio/mpeg", ".wav": "audio/wav", ".ogg": "audio/ogg", ".oga": "audio/ogg",
+    ".opus": "audio/ogg", ".flac": "audio/flac",
+}
 
 
 def plan_for(media: dict[str, Any] | None, suffix: str) -> Plan:
@@ -50,7 +53,7 @@ def plan_for(media: dict[str, Any] | None, suffix: str) -> Plan:
     suffix = suffix.lower()
     if fmt == _MP4 and (video is None or video in _MP4_VIDEO) and audio in _MP4_AUDIO:
         return "input"
-    if fmt == _WEBM and suffix == ".webm" and (video is None or video in _WEBM_VIDEO) and audio in _WEBM_AUDIO:
+    if fmt == _WEBM and suffix in (".webm", ".weba") and (video is None or video in _WEBM_VIDEO) and audio in _WEBM_AUDIO:
         return "input"
     if video is None and audio in _AUDIO_FILES.get(fmt, ()):
         return "input"
