@@ -437,7 +437,8 @@ def test_two_uploads_then_the_editor_after_a_reload(make_server: Callable[..., L
     page.keyboard.press("Control+Enter")
     expect(rows).to_have_count(2)
     saved()
-    page.wait_for_function("() => { const t = document.querySelector('#player track'); return t && t.track.activeCues && t.track.activeCues.length > 0; }")
+    # The caption follows the edit (the track is made again from the cues).
+    page.wait_for_function("() => { const t = document.querySelector('#player track'); const c = t && t.track.activeCues; return c && c.length > 0 && c[0].text === 'Short'; }")
     page.mouse.move(0, 0)
     page.evaluate("document.activeElement.blur()")
     browser.save_screenshot(page, SCREENSHOTS / "desktop.png")
