@@ -24,7 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.api import routes as api
+from app.api import media_routes
 from app.api import openai_routes as openai_api
+from app.api.media_tokens import MediaTokens
 from app.api.auth import AuthMiddleware, KeyStore, keys_path
 from app.api.authlimit import AuthFailureLimiter
 from app.api.connlimits import BodyRateMiddleware
@@ -108,6 +110,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             manager=manager, exports=exports, multilingual=multilingual, model_name=model_name, keys=keys,
         )
         manager.owner_cap = state.active_cap
+        state.media_tokens = MediaTokens.load(data_dir / "media-token.key")
         exports.owner_limit = state.export_cap
         app.state.altyazi = state
         holder["state"] = state
@@ -150,6 +153,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         *openai_api.routes,
         *api.routes,
+        *media_routes.routes,
         *web_routes,
     ]
     # Order, outermost first: metrics (counts 401s too), CORS (preflights need no key,
@@ -165,7 +169,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         middleware.insert(0, Middleware(
             CORSMiddleware,
             allow_origins=cfg.auth.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             expose_headers=["Location", "Retry-After", "Content-Disposition"],
             max_age=600,

@@ -183,6 +183,8 @@ class JobFiles:
         audio.pcm                16 kHz mono PCM from ffmpeg
         transcript.json          the original transcript
         transcript.edited.json   the user's corrections, when any
+        waveform.json            peaks of the audio for the page's waveform
+        playback.<ext>           a browser-playable copy, when the input is not one
         exports/<export_id>.<ext>
         work/                    scratch for renders
     """
@@ -226,6 +228,16 @@ class JobFiles:
 
     def edited_path(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "transcript.edited.json"
+
+    def waveform_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "waveform.json"
+
+    def playback_path(self, job_id: str, ext: str) -> Path:
+        """The browser-playable copy made when the input is not one (``playback.mp4``, ``.m4a``)."""
+        clean = _clean_suffix(ext)
+        if not clean:
+            raise ValueError(f"invalid playback extension {ext!r}")
+        return self.job_dir(job_id) / f"playback{clean}"
 
     def export_path(self, job_id: str, export_id: str, ext: str) -> Path:
         """job_dir/exports/<export_id>.<ext>; creates the exports folder."""

@@ -249,11 +249,11 @@ def test_validate_normalises_line_endings_and_allows_small_overlap():
         ([good(end=True)], 0, "end", "must be a number"),
         ([good(end=math.inf)], 0, "end", "finite"),
         ([good(start=-0.5)], 0, "start", "negative"),
-        ([good(start=13.0, end=12.5)], 0, "end", "segment 0: end (12.5 s) is before start (13.0 s)"),
+        ([good(start=13.0, end=12.5)], 0, "end", "segment 1: end (12.5 s) is before start (13.0 s)"),
         ([good(start=2.0, end=2.0)], 0, "end", "equals start"),
         ([good(), good(start=9.0, end=10.6)], 1, "end", "past the end of the media (10.0 s)"),
         ([good(start=5, end=6), good(start=4, end=7)], 1, "start", "time order"),
-        ([good(start=1, end=3), good(start=2.5, end=4)], 1, "start", "overlaps segment 0"),
+        ([good(start=1, end=3), good(start=2.5, end=4)], 1, "start", "segment 2: start (2.5 s) overlaps segment 1,"),
         ([good(), good(start=3, end=4), good(start=5, end=6, text=None)], 2, "text", "must be a string"),
         ([good(start=0, end=1), {"start": 1, "end": 2}], 1, "text", '"text" is missing'),
         ([good(text="bad\x00nul")], 0, "text", "U+0000"),
@@ -263,12 +263,12 @@ def test_validate_normalises_line_endings_and_allows_small_overlap():
         ([good(words="a b")], 0, "words", "list or null"),
         ([good(words=[{"start": 1.0, "end": 1.5, "word": "a", "x": 1}])], 0, "x", 'unknown key "x"'),
         ([good(words=[{"start": 0.5, "end": 1.5, "word": "a"}])], 0, "words", "outside its segment"),
-        ([good(words=[{"start": 1.5, "end": 1.2, "word": "a"}])], 0, "words", "word 0: end (1.2 s) is before"),
+        ([good(words=[{"start": 1.5, "end": 1.2, "word": "a"}])], 0, "words", "segment 1, word 1: end (1.2 s) is before"),
         (
             [good(words=[{"start": 1.5, "end": 1.6, "word": "a"}, {"start": 1.2, "end": 1.3, "word": "b"}])],
             0,
             "words",
-            "word 1: starts",
+            "segment 1, word 2: starts",
         ),
         ([good(words=[{"start": 1.0, "end": 1.5}])], 0, "words", '"word" is missing'),
         ([good(words=[{"start": 1, "end": 1.5, "word": "a", "probability": 2}])], 0, "words", "between 0 and 1"),
@@ -284,7 +284,7 @@ def test_validate_rejects(raw: object, index: int | None, field: str | None, fra
     assert fragment in err.message
     assert str(err) == err.message
     if index is not None:
-        assert err.message.startswith(f"segment {index}")
+        assert err.message.startswith(f"segment {index + 1}")  # counted from 1, as the page numbers rows
 
 
 def test_validate_limits_segment_count():

@@ -49,6 +49,9 @@ ID_RE = re.compile(r"^[0-9a-f]{16}$")
 OPEN_PATHS = frozenset({"/", "/index.html", "/favicon.ico", "/static", "/healthz", "/readyz"})
 OPEN_PREFIXES = ("/static/",)
 EVENTS_RE = re.compile(r"^/v1/jobs/[^/]+/events$")
+# The player's media: a signed token in the address stands in for the key there
+# (app/api/media_tokens.py); the route checks it against the job.
+MEDIA_RE = re.compile(r"^/v1/jobs/[^/]+/media$")
 RELOAD_CHECK_S = 1.0
 CACHE_MAX = 10_000
 
@@ -331,6 +334,14 @@ def is_open_path(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
+def is_signed_media(scope: Scope) -> bool:
+    """A GET or HEAD of a job's media with a ``token`` in the query: the route checks the token."""
+    if scope.get("method") not in ("GET", "HEAD") or not MEDIA_RE.match(scope.get("path", "")):
+        return False
+    query = scope.get("query_string", b"").decode("latin-1")
+    return any(part.startswith("token=") for part in query.split("&"))
+
+
 def bearer_token(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
@@ -380,6 +391,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
+        if token is None and is_signed_media(scope):
+            await self.app(scope, receive, send)
+            return
         if token is None:
             await self._refuse(unauthorized("This address needs an API key: send it as 'Authorization: Bearer <key>'.", invalid=False), scope, receive, send)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from datetime import datetime, timezone
@@ -87,6 +88,8 @@ async def job_json(state: AppState, job: JobRecord, *, request: Request | None =
             "self": f"/v1/jobs/{job.id}",
             "events": f"/v1/jobs/{job.id}/events",
             "transcript": f"/v1/jobs/{job.id}/transcript",
+            "waveform": f"/v1/jobs/{job.id}/waveform",
+            "media_link": f"/v1/jobs/{job.id}/media/link",
         },
     }
 
@@ -368,36 +371,122 @@ def ascii_name(name: str) -> str:
     return cleaned or "download"
 
 
+def segment_error(exc: SegmentError) -> ApiError:
+    """A validation failure as the API's 422; ``index`` is 0-based, the message counts from 1."""
+    extra: dict[str, object] = {}
+    if exc.index is not None:
+        extra["index"] = exc.index
+    if exc.field is not None:
+        extra["field"] = exc.field
+    return ApiError(422, "invalid_segment", exc.message, extra=extra)
+
+
+def write_edited(state: AppState, job: JobRecord, raw: object, language: str | None) -> dict[str, Any]:
+    """Validate ``raw`` segments with the rules of PUT and store them as the edited transcript.
+
+    Blocking (validation and the write): run it in a worker thread.
+    """
+    try:
+        segments = validate_segments(raw, duration_s=job.duration_s)
+    except SegmentError as exc:
+        raise segment_error(exc) from None
+    transcript = transcript_to_dict(segments, language=language, duration_s=job.duration_s)
+    transcript["edited_at"] = iso(time.time())
+    try:
+        atomic_write_bytes(state.files.edited_path(job.id), jsonbody.dumps(transcript))
+    except FileNotFoundError:
+        raise not_found("job") from None  # deleted while we validated
+    return transcript
+
+
+def require_done(job: JobRecord) -> None:
+    if job.status != Status.DONE:
+        raise ApiError(409, "not_ready", f"The transcript can be edited once the job is done; it is {job.status}.")
+
+
 async def put_transcript(request: Request) -> Response:
     state = state_of(request)
     job = await load_job(request)
-    if job.status != Status.DONE:
-        raise ApiError(409, "not_ready", f"The transcript can be edited once the job is done; it is {job.status}.")
+    require_done(job)
     raw = await read_json_body(request, limit=int(state.cfg.limits.max_transcript_mb * 1024 * 1024))
+    language = raw.get("language") if isinstance(raw, dict) and isinstance(raw.get("language"), str) else job.language
 
     def validate_and_write() -> bytes:
         # Validating, writing and encoding megabytes of segments: all of it off the loop.
-        try:
-            segments = validate_segments(raw, duration_s=job.duration_s)
-        except SegmentError as exc:
-            extra: dict[str, object] = {}
-            if exc.index is not None:
-                extra["index"] = exc.index
-            if exc.field is not None:
-                extra["field"] = exc.field
-            raise ApiError(422, "invalid_segment", exc.message, extra=extra) from None
-        language = raw.get("language") if isinstance(raw, dict) and isinstance(raw.get("language"), str) else job.language
-        transcript = transcript_to_dict(segments, language=language, duration_s=job.duration_s)
-        transcript["edited_at"] = iso(time.time())
-        body = jsonbody.dumps(transcript)
-        try:
-            atomic_write_bytes(state.files.edited_path(job.id), body)
-        except FileNotFoundError:
-            raise not_found("job") from None  # deleted while we validated
-        return body
+        return jsonbody.dumps(write_edited(state, job, raw, language))
 
-    body = await anyio.to_thread.run_sync(validate_and_write)
+    async with edit_lock(job.id):
+        body = await anyio.to_thread.run_sync(validate_and_write)
     return Response(body, media_type="application/json")
+
+
+PATCH_FIELDS = ("start", "end", "text")
+# One lock per job being edited, so two PATCHes of different segments both land.
+_edit_locks: dict[str, anyio.Lock] = {}
+
+
+@contextlib.asynccontextmanager
+async def edit_lock(job_id: str) -> AsyncIterator[None]:
+    lock = _edit_locks.setdefault(job_id, anyio.Lock())
+    try:
+        async with lock:
+            yield
+    finally:
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            _edit_locks.pop(job_id, None)
+
+
+def patched_segments(segments: list[dict[str, Any]], index: int, changes: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored segments with one changed, in the shape PUT takes.
+
+    A new text drops the segment's word timings (they timed the old words); new
+    times keep the words that still lie inside them.
+    """
+    kept: tuple[str, ...] = ("start", "end", "text", "words")
+    out: list[dict[str, Any]] = [{k: s[k] for k in kept if k in s} for s in segments]
+    seg = out[index]
+    old_text = seg.get("text")
+    seg.update(changes)
+    words = seg.get("words")
+    if words is not None and "text" in changes and changes["text"] != old_text:
+        seg.pop("words")
+    elif words is not None and ("start" in changes or "end" in changes):
+        start, end = seg["start"], seg["end"]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, end)):
+            seg["words"] = [w for w in words if w["start"] >= start and w["end"] <= end]
+    return out
+
+
+async def patch_segment(request: Request) -> Response:
+    """Change one segment's text or times; the whole transcript is checked as PUT checks it."""
+    state = state_of(request)
+    job = await load_job(request)
+    require_done(job)
+    raw_index = request.path_params["index"]
+    if not raw_index.isdigit() or len(raw_index) > 9:
+        raise ApiError(422, "invalid_parameter", "The segment is named by its id, a whole number from 0 (the \"id\" of the JSON).", extra={"field": "index"})
+    index = int(raw_index)
+    changes = await read_json_body(request, limit=64 * 1024)
+    if not isinstance(changes, dict) or not changes:
+        raise ApiError(422, "invalid_segment", 'Send an object with one or more of "start", "end" and "text".')
+    unknown = sorted(str(k) for k in changes if k not in PATCH_FIELDS)
+    if unknown:
+        raise ApiError(
+            422, "invalid_segment",
+            f'unknown key "{unknown[0]}": a PATCH changes "start", "end" or "text"; use PUT for the rest.',
+            extra={"index": index, "field": unknown[0]},
+        )
+    async with edit_lock(job.id):
+        data = await read_transcript(state, job, "latest")
+        stored = data.get("segments") or []
+        if index >= len(stored):
+            raise ApiError(
+                404, "no_such_segment",
+                f"There is no segment with id {index}: this transcript has {len(stored)} (ids 0 to {len(stored) - 1}).",
+            )
+        segments = patched_segments(stored, index, changes)
+        transcript = await anyio.to_thread.run_sync(write_edited, state, job, segments, data.get("language"))
+    return JSONResponse({"segment": transcript["segments"][index], "edited_at": transcript["edited_at"]})
 
 
 # ---- exports ---------------------------------------------------------------------------
@@ -485,6 +574,7 @@ routes = [
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/transcript", get_transcript, methods=["GET"]),
     Route("/v1/jobs/{job_id}/transcript", put_transcript, methods=["PUT"]),
+    Route("/v1/jobs/{job_id}/transcript/segments/{index}", patch_segment, methods=["PATCH"]),
     Route("/v1/jobs/{job_id}/exports", create_export, methods=["POST"]),
     Route("/v1/jobs/{job_id}/exports/{export_id}", get_export, methods=["GET"]),
     Route("/v1/jobs/{job_id}/exports/{export_id}", delete_export, methods=["DELETE"]),

@@ -22,6 +22,7 @@ from app.api.reservations import Slot, Slots
 from batching.types import Engine
 from storage.files import free_bytes
 from storage.seams import FileStore, JobRepository
+from app.api.media_tokens import MediaTokens
 from storage.states import ACTIVE, FINAL, Stage, Status
 from storage.store import JobRecord
 
@@ -54,6 +55,7 @@ class AppState:
     started_at: float = field(default_factory=time.time)
     keys: KeyStore | None = None  # set when auth.enabled; owners are then key ids
     slots: Slots = field(default_factory=Slots)  # uploads counted before their job row exists
+    media_tokens: MediaTokens = field(default_factory=MediaTokens.ephemeral)  # the player's signed links
 
     # ---- admission checks, cheapest first ----------------------------------
 

@@ -272,7 +272,8 @@ def _s(value: float) -> str:
 
 
 def _where(index: int, word: int | None = None) -> str:
-    return f"segment {index}" if word is None else f"segment {index}, word {word}"
+    # Counted from 1, as the page, SRT and people number them; ``index`` stays 0-based.
+    return f"segment {index + 1}" if word is None else f"segment {index + 1}, word {word + 1}"
 
 
 def _number(obj: Mapping[str, Any], key: str, index: int, word: int | None = None) -> float:
@@ -329,7 +330,7 @@ def _words(raw: object, index: int, start: float, end: float, max_chars: int) ->
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise SegmentError(f'segment {index}: "words" must be a list or null', index=index, field="words")
+        raise SegmentError(f'{_where(index)}: "words" must be a list or null', index=index, field="words")
     words: list[Word] = []
     prev_start = -math.inf
     for j, item in enumerate(raw):
@@ -383,8 +384,9 @@ def validate_segments(
     ``raw`` is a list of segments or an object with a ``"segments"`` list (our
     own JSON output is accepted as is). Segments must be in time order and may
     overlap the next one by at most 10 ms. Raises :class:`SegmentError` naming
-    the first offending segment by its 0-based position (the ``id`` of our JSON
-    output).
+    the first offending segment: the message counts from 1 ("segment 1" is the
+    first, as the page and SRT number them); ``index`` is its 0-based position
+    (the ``id`` of our JSON output).
     """
     if isinstance(raw, dict):
         _unknown_keys(raw, _TRANSCRIPT_KEYS, "transcript", None)
@@ -405,41 +407,41 @@ def validate_segments(
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise SegmentError(
-                f'segment {i}: must be an object with "start", "end" and "text"', index=i
+                f'{_where(i)}: must be an object with "start", "end" and "text"', index=i
             )
-        _unknown_keys(item, _SEGMENT_KEYS, f"segment {i}", i)
+        _unknown_keys(item, _SEGMENT_KEYS, _where(i), i)
         start = _number(item, "start", i)
         end = _number(item, "end", i)
         if start < 0:
-            raise SegmentError(f"segment {i}: start ({_s(start)} s) is negative", index=i, field="start")
+            raise SegmentError(f"{_where(i)}: start ({_s(start)} s) is negative", index=i, field="start")
         if end <= start:
             what = "equals" if end == start else "is before"
             raise SegmentError(
-                f"segment {i}: end ({_s(end)} s) {what} start ({_s(start)} s)", index=i, field="end"
+                f"{_where(i)}: end ({_s(end)} s) {what} start ({_s(start)} s)", index=i, field="end"
             )
         if duration_s is not None and end > duration_s + END_TOLERANCE_S:
             raise SegmentError(
-                f"segment {i}: end ({_s(end)} s) is past the end of the media ({_s(duration_s)} s)",
+                f"{_where(i)}: end ({_s(end)} s) is past the end of the media ({_s(duration_s)} s)",
                 index=i,
                 field="end",
             )
         if prev is not None:
             if start < prev.start:
                 raise SegmentError(
-                    f"segment {i}: start ({_s(start)} s) is before the start of segment {i - 1} "
+                    f"{_where(i)}: start ({_s(start)} s) is before the start of {_where(i - 1)} "
                     f"({_s(prev.start)} s); segments must be in time order",
                     index=i,
                     field="start",
                 )
             if start < prev.end - OVERLAP_TOLERANCE_S:
                 raise SegmentError(
-                    f"segment {i}: start ({_s(start)} s) overlaps segment {i - 1}, which ends at "
+                    f"{_where(i)}: start ({_s(start)} s) overlaps {_where(i - 1)}, which ends at "
                     f"{_s(prev.end)} s; move one of them",
                     index=i,
                     field="start",
                 )
         if "text" not in item:
-            raise SegmentError(f'segment {i}: "text" is missing', index=i, field="text")
+            raise SegmentError(f'{_where(i)}: "text" is missing', index=i, field="text")
         text = _text(item["text"], "text", i, max_text_chars)
         words = _words(item.get("words"), i, start, end, max_text_chars)
         seg = Segment(start=start, end=end, text=text, words=words)

@@ -13,6 +13,7 @@ window instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -32,6 +33,7 @@ from app.pipeline.events import EventBus
 from app.media.ffmpeg import DiskFull, FfmpegError, FfmpegPool, TooLong
 from app.media.formats import segment_to_dict, transcript_to_dict
 from app.pipeline.options import DecodingDefaults, JobOptions
+from app.pipeline.playback import PlaybackFiles
 from app.pipeline.tasks import TaskRegistry
 from app.pipeline.windows import WindowSpan, iter_windows
 from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
@@ -122,6 +124,8 @@ class JobManager:
         self.rates = Throughput()
         self._done: dict[str, float] = {}
         self._transcribing: dict[str, _Submitted] = {}  # job -> how far its windows are handed out
+        # The page's waveform and playable copy, made beside the transcription.
+        self.playback = PlaybackFiles(files=files, pool=pool)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -288,7 +292,19 @@ class JobManager:
         await self._set_stage(job_id, "detecting_speech", EXTRACT_SHARE)
         _job_log(job, "detecting_speech", "audio extracted", running_s=_since(job.started_at))
         await progress.flush()
-        segments, language, windows = await self._transcribe(job, options, pcm, total_samples, progress)
+        # Made while the windows are decoded, from the PCM that is deleted once done. Jobs
+        # made through another front door ("via": the OpenAI routes) are never shown in
+        # the page: their caller takes the text and they go.
+        shown = not (job.options or {}).get("via")
+        aids = asyncio.create_task(self._playback_aids(job, pcm) if shown else asyncio.sleep(0), name=f"playback-{job_id}")
+        try:
+            segments, language, windows = await self._transcribe(job, options, pcm, total_samples, progress)
+            await aids
+        finally:
+            if not aids.done():
+                aids.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await aids
 
         await self.store.update_job(job_id, stage="finalizing")
         language = options.language or language or ("en" if not self.multilingual else None)
@@ -298,6 +314,13 @@ class JobManager:
         # The transcript holds the windows now; the PCM can be made again from the input.
         pcm.unlink(missing_ok=True)
         await self.store.clear_windows(job_id)
+
+    async def _playback_aids(self, job: JobRecord, pcm: Path) -> None:
+        try:
+            await self.playback.prepare(job, pcm)
+        except Exception as exc:
+            # Advisory: the page then plays nothing or draws no waveform; the job goes on.
+            log.warning("job %s: waveform or playable copy not made: %s", job.id, exc)
 
     async def _transcribe(
         self,
