@@ -52,8 +52,8 @@ class ModelConfig:
     device_index: list[int] = field(default_factory=lambda: [0])
     # Encoder outputs kept for windows decoded again one temperature warmer.
     encoder_cache_mb: int = 256
-    # Encode windows shorter than 20 s at a shorter input (10/15/20 s buckets)
-    # instead of padding every window to 30 s (README, "Measured performance").
+    # Encode media of up to 20 s (one window) at a shorter input (10/15/20 s
+    # buckets) instead of padding it to 30 s (README, "Measured performance").
     trim_short_windows: bool = True
 
 

@@ -271,13 +271,13 @@ class WhisperRunner:
         a = window.audio
         return (window.job_id, window.index, a.path, a.start_sample, a.num_samples)
 
-    def encoder_frames(self, duration: float) -> int:
+    def encoder_frames(self, duration: float, short_media: bool = True) -> int:
         """The encoder's input length for a window of ``duration`` seconds.
 
-        3000 frames (30 s) unless short windows are trimmed, then the smallest
+        3000 frames (30 s), unless short media is trimmed: then the smallest
         bucket that holds the audio plus a margin of silence.
         """
-        if not self.trim_short:
+        if not (self.trim_short and short_media):
             return N_FRAMES
         need = math.ceil(duration * 100) + TRIM_MARGIN_FRAMES
         return next((b for b in TRIM_BUCKETS if need <= b), N_FRAMES)
@@ -315,7 +315,7 @@ class WhisperRunner:
                 if audio.size == 0:
                     audio = np.zeros(fe.hop_length, dtype=np.float32)
                 mel = fe(audio)[:, :-1]  # the extractor adds one frame of padding
-                frames = self.encoder_frames(window.duration)
+                frames = self.encoder_frames(window.duration, window.short_media)
                 padded = np.zeros((mel.shape[0], frames), dtype=np.float32)
                 padded[:, : min(frames, mel.shape[1])] = mel[:, :frames]
                 out.rows.append(i)

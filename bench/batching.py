@@ -22,7 +22,7 @@ every step's gain (and its word error rate) is measured in the same run:
            30 s, no encoder cache (the engine before these steps)
   enc      encode small, decode big: encoder sub-batches of --encode-batch
   cache    + a fallback keeps its encoder output
-  trim     + short windows encoded trimmed (10/15/20 s buckets): the defaults
+  trim     + clips of up to 20 s encoded trimmed (10/15/20 s buckets): the defaults
 
 WER is over the clips that have a reference (recorded clips and espeak-ng
 sentences), counted per job, so N jobs weigh the clips as they were looped.
@@ -90,6 +90,7 @@ class Job:
                 offset=start / SAMPLE_RATE,
                 audio=AudioRef(str(self.pcm), start, min(step, self.samples - start)),
                 options=OPTIONS,
+                short_media=self.samples <= 20 * SAMPLE_RATE,  # as the server marks clips
             )
             for i, start in enumerate(range(0, self.samples, step))
         ]

@@ -204,3 +204,19 @@ async def test_progress_moves_between_results_at_the_measured_rate(parts: Parts)
     done = await parts.events_until("tick", "done", "failed")
     progress = [e.data["progress"] for e in done if e.type == "progress"]
     assert progress == sorted(progress)  # never backwards when the real results come
+
+
+async def test_only_media_that_fits_one_window_is_marked_short(parts: Parts, tmp_path: Path) -> None:
+    # The engine may encode a short clip trimmed; windows of long media never are.
+    from tests.media import make_long_speech
+
+    manager = parts.manager()
+    assert parts.engine.hold is not None
+    parts.engine.hold.set()
+    await parts.submit(manager, "short")
+    await parts.events_until("short", "done", "failed")
+    parts.speech = make_long_speech(tmp_path / "long.wav", 45.0, ["The weather today is sunny and warm."], pause_s=3.0)
+    await parts.submit(manager, "long")
+    await parts.events_until("long", "done", "failed")
+    marks = {(w.job_id, w.short_media) for w in parts.engine.calls}
+    assert marks == {("short", True), ("long", False)}

@@ -276,14 +276,19 @@ def test_language_is_detected_per_row(base_model: Path, media) -> None:  # type:
 # ------------------------------------------------------- throughput steps
 
 
-def test_a_short_window_is_encoded_trimmed_and_reads_the_same(runner, media) -> None:  # type: ignore[no-untyped-def]
-    ws = [window(media[f"say{i}"], f"t{i}", language="en") for i in range(len(SENTENCES))]
+def test_a_short_clip_is_encoded_trimmed_and_reads_the_same(runner, media) -> None:  # type: ignore[no-untyped-def]
+    ws = [
+        dataclasses.replace(window(media[f"say{i}"], f"t{i}", language="en"), short_media=True)
+        for i in range(len(SENTENCES))
+    ]
     padded = [result_text(r) for r in runner.run(ws, runner.prepare(ws))]
     runner.trim_short = True
     try:
         prepared = runner.prepare(ws)
         trimmed = [result_text(r) for r in runner.run(ws, prepared)]
         assert runner.encoder_frames(29.0) == 3000 and runner.encoder_frames(14.0) == 1500
+        # a window cut from long media is always padded to 30 s
+        assert runner.encoder_frames(5.0, short_media=False) == 3000
     finally:
         runner.trim_short = False
     # espeak sentences are 2-5 s: the smallest bucket (10 s), a third of the work

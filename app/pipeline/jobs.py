@@ -62,6 +62,11 @@ class JobFailure(Exception):
         self.message = message
 
 
+# Media up to this long is one window that the engine may encode trimmed; the
+# runner's largest trimmed bucket is 20 s (batching.whisper_runner.TRIM_BUCKETS).
+SHORT_MEDIA_S = 20.0
+
+
 @dataclass
 class ManagerLimits:
     max_running_jobs: int = 64
@@ -357,6 +362,8 @@ class JobManager:
             seq += 1
         base = EXTRACT_SHARE
         counter = itertools.count(seq)
+        # Media that fits one window may be encoded trimmed (see WindowRequest.short_media).
+        short_media = total_samples <= SHORT_MEDIA_S * SAMPLE_RATE
 
         async def decode_one(start: int, stop: int, cut: bool, previous: tuple[int, ...]) -> WindowResult:
             request = WindowRequest(
@@ -368,6 +375,7 @@ class JobManager:
                 options=decode,
                 ends_in_speech=cut,
                 previous_tokens=previous,
+                short_media=short_media,
             )
             return await self.engine.transcribe(request)
 
