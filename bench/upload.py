@@ -18,9 +18,10 @@ For each size and body kind:
   loop lag      /healthz answered every 20 ms from another thread during the
                 upload: p99 and worst answer time
 
-Against two limits on the same machine: ``cat FILE > /dev/null`` (page cache
-read) and a plain socket server reading the same bytes into a buffer
-(``recv_into``; the least any server must spend).
+Against limits on the same machine: ``cat FILE > /dev/null`` (page cache
+read), a plain socket server reading the same bytes into a buffer
+(``recv_into``; the least any server must spend), and the same server also
+writing them to a file and fsyncing it (what an upload has to do).
 
 ``--users N`` then uploads N files at once (sizes spread log-uniformly from 1
 to 100 MB, one connection each): the answer time of the uploads of 5 MB or
@@ -174,20 +175,28 @@ def cat_limit(path: Path) -> float:
 
 SOCKET_SINK = r"""
 import os, socket, sys
+dest = sys.argv[1] if len(sys.argv) > 1 else None
+fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if dest else None
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
 print(srv.getsockname()[1], flush=True)
-conn, _ = srv.accept(); buf = bytearray(1 << 20); view = memoryview(buf); n = 0
+conn, _ = srv.accept(); buf = bytearray(4 << 20); view = memoryview(buf); n = 0
 while True:
     got = conn.recv_into(view)
     if not got: break
     n += got
+    if fd is not None:
+        os.write(fd, view[:got])
+if fd is not None:
+    os.fsync(fd); os.close(fd); os.unlink(dest)
 t = os.times(); print(n, t.user + t.system, flush=True)
 """
 
 
-def socket_limit(path: Path) -> float:
-    """Bytes per CPU second of a process that only reads the socket: the floor."""
-    proc = subprocess.Popen([sys.executable, "-c", SOCKET_SINK], stdout=subprocess.PIPE, text=True)
+def socket_limit(path: Path, to_disk: Path | None = None) -> float:
+    """Bytes per CPU second of a process that only reads the socket (and, with
+    ``to_disk``, writes what it read to a file and fsyncs it, as an upload must)."""
+    argv = [sys.executable, "-c", SOCKET_SINK] + ([str(to_disk)] if to_disk else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     with socket.create_connection(("127.0.0.1", port)) as sock, path.open("rb") as f:
@@ -252,18 +261,19 @@ def main() -> None:
         try:
             server.wait_ready()
             print(f"{'size':>7} {'kind':>9} {'status':>6} | {'ingest MB/cpu-s':>15} {'wall MB/s':>9} | "
-                  f"{'lag p99 ms':>10} {'lag max ms':>10} | limits: cat MB/s, socket MB/cpu-s", flush=True)  # fmt: skip
+                  f"{'lag p99 ms':>10} {'lag max ms':>10} | limits: cat MB/s, socket MB/cpu-s, socket+disk MB/cpu-s", flush=True)  # fmt: skip
             for size in sizes:
                 path = noise_wav(work / f"noise{size}.wav", size * MB)
                 cat = cat_limit(path)
                 sock = socket_limit(path)
+                disk = socket_limit(path, work / "sink.bin")
                 for kind in ("raw", "multipart"):
                     row = one_size(server, path, kind)
-                    row.update(cat_mb_s=cat, socket_mb_per_cpu_s=sock)
+                    row.update(cat_mb_s=cat, socket_mb_per_cpu_s=sock, socket_to_disk_mb_per_cpu_s=disk)
                     report["runs"].append(row)
                     print(f"{size:>5}MB {kind:>9} {row['status']:>6} | {row['ingest_mb_per_cpu_s']:15.0f} "
                           f"{row['wall_mb_s']:9.0f} | {row['lag']['p99_ms']:10.1f} {row['lag']['max_ms']:10.1f} | "
-                          f"{cat:.0f}, {sock:.0f}", flush=True)  # fmt: skip
+                          f"{cat:.0f}, {sock:.0f}, {disk:.0f}", flush=True)  # fmt: skip
                 path.unlink()
             if args.users:
                 # log-uniform sizes from 1 to 100 MB, so a third are 5 MB or less

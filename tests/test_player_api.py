@@ -79,8 +79,12 @@ def test_patch_changes_one_segment_with_the_rules_of_put(make_server: Callable[.
         assert client.patch("/v1/jobs/nope/transcript/segments/0", json={"text": "x"}).status_code == 404
         # Nothing refused was stored.
         assert client.get(base).json()["segments"][2] == before[2]
-        srt = client.get(base, params={"format": "srt"}).text
+        # Raw cues (no line rules): the edited segment is one cue, as typed.
+        srt = client.get(base, params={"format": "srt", "preset": "none"}).text
         assert "Second, corrected" in srt
+        # With the default rules its 30 s are cut into cues of at most 7 s, every word kept.
+        ruled = client.get(base, params={"format": "srt"}).text
+        assert "Second," in ruled and "corrected" in ruled
 
 
 def test_put_of_the_whole_transcript_still_works(make_server: Callable[..., LiveServer], media: dict[str, Path]) -> None:
