@@ -16,16 +16,23 @@ from storage.states import Stage, Status
 from storage.store import ExportRecord, JobRecord, JobStore
 
 
-async def _sqlite(tmp_path: Path) -> JobRepository:
+async def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> JobRepository:
     return await JobStore.open(tmp_path / "altyazi.db")
 
 
-IMPLEMENTATIONS: dict[str, Callable[[Path], Awaitable[JobRepository]]] = {"sqlite": _sqlite}
+async def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> JobRepository:
+    from storage.pg_store import PgJobStore
+
+    # a fresh database on the session's real PostgreSQL (tests/cluster_servers.py)
+    return await PgJobStore.open(request.getfixturevalue("postgres").new_database())
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[JobRepository]]] = {"sqlite": _sqlite, "postgresql": _postgresql}
+
+
+@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.cluster)])
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobRepository]:
-    store = await IMPLEMENTATIONS[request.param](tmp_path)
+    store = await IMPLEMENTATIONS[request.param](request, tmp_path)
     yield store
     await store.close()
 
