@@ -207,6 +207,7 @@ class S3Server:
 
     def _bucket_ready(self) -> bool:
         import asyncio
+        import concurrent.futures
 
         from aiobotocore.session import get_session
 
@@ -222,7 +223,9 @@ class S3Server:
                         return False
                 return True
 
-        return asyncio.run(probe())
+        # in a thread of its own: start() may be called from a test's running loop
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, probe()).result()
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
