@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +39,8 @@ from storage.store import (
     EXPORT_STATUSES, FINAL_STATUSES, JOB_STATUSES, EventRecord, ExportRecord, InvalidCursor, JobRecord,
     _check_fields, _dumps, _export, _job, _to_row,
 )  # fmt: skip
+
+_log = logging.getLogger("altyazi.cluster")
 
 EVENTS_CHANNEL = "altyazi_events"
 QUEUE_CHANNEL = "altyazi_queue"
@@ -436,6 +439,15 @@ class PgJobStore:
         )  # fmt: skip
         await self._fetch("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, claim.job_id)
 
+    async def expire_node(self, node: str) -> int:
+        """End the leases of the jobs ``node`` held (it restarted): any node may claim them now."""
+        rows = await self._fetch(
+            f"UPDATE jobs SET lease_until = clock_timestamp() WHERE node = $1 AND status = '{Status.RUNNING}' RETURNING id", node
+        )
+        if rows:
+            await self._fetch("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, rows[0][0])
+        return len(rows)
+
     async def lease_of(self, job_id: str) -> tuple[str | None, int, float | None]:
         """(node, epoch, seconds of lease left by the database clock) of a job; for tests and the bench."""
         rows = await self._fetch("SELECT node, epoch, EXTRACT(EPOCH FROM lease_until - clock_timestamp()) FROM jobs WHERE id = $1", job_id)
@@ -448,3 +460,60 @@ class PgJobStore:
 class KeyExists(Exception):
     """A job with this owner's idempotency key exists already."""
 
+
+
+class PgListener:
+    """The node's one LISTEN connection: event ids and queued jobs as the database announces them.
+
+    ``on_event(job_id)`` for each committed event, ``on_job()`` for each job
+    queued anywhere, ``on_connect()`` after every (re)connection, since
+    whatever was announced while it was away is lost: the caller resyncs from
+    the tables. A connection that dies (database restart, failover, network)
+    is noticed within ``check_s`` and made again with a growing pause.
+    """
+
+    def __init__(
+        self, dsn: str, *, on_event: Callable[[str], None], on_job: Callable[[], None], on_connect: Callable[[], None], check_s: float = 2.0
+    ) -> None:
+        self._dsn = dsn
+        self._on_event = on_event
+        self._on_job = on_job
+        self._on_connect = on_connect
+        self._check_s = check_s
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if channel == EVENTS_CHANNEL:
+            self._on_event(payload.split(" ", 1)[0])
+        elif channel == QUEUE_CHANNEL:
+            self._on_job()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting whenever the connection goes."""
+        pause = 0.1
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=5)
+                await conn.add_listener(EVENTS_CHANNEL, self._notified)
+                await conn.add_listener(QUEUE_CHANNEL, self._notified)
+                self.connected.set()
+                pause = 0.1
+                self._on_connect()
+                while True:
+                    await asyncio.sleep(self._check_s)
+                    # a dead peer is noticed on the next round trip
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), self._check_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected.is_set():
+                    self.reconnects += 1
+                    _log.warning("lost the database's notifications (%s); reconnecting", type(exc).__name__)
+                self.connected.clear()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+            finally:
+                if conn is not None:
+                    conn.terminate()

@@ -16,6 +16,7 @@ A storage service that cannot be reached is StoreUnavailable.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 from contextlib import AsyncExitStack
@@ -29,6 +30,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from storage.claims import StoreUnavailable
 from storage.files import JobFiles, _check_id, _fsync_dir
+
+log = logging.getLogger("altyazi.files")
 
 PART_BYTES = 8 << 20  # S3 wants parts of 5 MiB at least (but the last)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -188,7 +191,11 @@ class S3Files(JobFiles):
     def remove(self, job_id: str) -> None:
         """Delete the scratch folder and the job's objects (blocking: callers run it in a worker thread)."""
         super().remove(job_id)
-        asyncio.run(self._remove_objects(job_id))
+        try:
+            asyncio.run(self._remove_objects(job_id))
+        except StoreUnavailable as exc:
+            # Left for the bucket's lifecycle rule (README, "Cluster"); the row is gone either way.
+            log.warning("job %s: objects not deleted: %s", job_id, exc)
 
     async def _remove_objects(self, job_id: str) -> None:
         try:

@@ -106,3 +106,18 @@ class FileStore(Protocol):
 
     def size_bytes(self, job_id: str) -> int: ...
 
+    # Shared storage (a cluster's bucket): local paths are a node's scratch copy.
+    # The single box's folders are the storage itself, so these do nothing there.
+
+    async def push(self, job_id: str, path: Path) -> None:
+        """Make a finished local file durable where every node can get it."""
+        ...
+
+    async def pull(self, job_id: str, path: Path) -> bool:
+        """Make sure the local file exists, fetching it if need be; False when it exists nowhere."""
+        ...
+
+    async def pull_input(self, job_id: str) -> Path | None:
+        """The job's upload as a local file (fetched if need be); None when there is none."""
+        ...
+

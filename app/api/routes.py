@@ -148,6 +148,8 @@ async def accept_upload(
         upload.path.replace(source)
         info = await state.pool.probe(source)
         check_media(info, max_duration_s=state.cfg.storage.max_duration_s)
+        # Durable where every node can read it before the row exists (a no-op on one box).
+        await state.files.push(job_id, source)
         now = time.time()
         job = JobRecord(
             id=job_id,
@@ -300,6 +302,8 @@ async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict
         )
     edited = state.files.edited_path(job.id)
     path = state.files.transcript_path(job.id)
+    await state.files.pull(job.id, edited)  # another node's work, in a cluster
+    await state.files.pull(job.id, path)
     if version == "edited" and not edited.exists():
         raise ApiError(404, "no_edited_transcript", "This transcript has not been edited; ask for version=original.")
     if version in ("latest", "edited") and edited.exists():
@@ -378,6 +382,7 @@ async def put_transcript(request: Request) -> Response:
         return body
 
     body = await anyio.to_thread.run_sync(validate_and_write)
+    await state.files.push(job.id, state.files.edited_path(job.id))
     return Response(body, media_type="application/json")
 
 
@@ -433,7 +438,7 @@ async def get_export_file(request: Request) -> Response:
         raise ApiError(409, "not_ready", f"The export is {export.status}; download it once it is done.")
     container = str(export.options.get("container", "mp4"))
     path = state.files.export_path(job.id, export.id, container)
-    if not path.exists():
+    if not await state.files.pull(job.id, path):
         raise ApiError(404, "export_file_missing", "The exported file is gone (deleted by retention?); export again.")
     has_video = bool((job.media or {}).get("has_video"))
     media_type = (CONTAINER_TYPES if has_video else AUDIO_TYPES)[container]

@@ -35,6 +35,7 @@ from app.pipeline.tasks import TaskRegistry
 from app.pipeline.windows import WindowSpan, iter_windows
 from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
 from storage.files import atomic_write_json
+from storage.claims import CURRENT, Claim, Fenced, StoreUnavailable
 from storage.seams import FileStore, JobRepository
 from storage.states import ACTIVE, Stage, Status
 from storage.store import JobRecord
@@ -110,6 +111,10 @@ class JobManager:
         # of every active job: together they estimate how long the queue takes.
         self._recent: deque[tuple[float, float]] = deque()
         self._durations: dict[str, float] = {}
+        # A cluster node (app.pipeline.cluster) sets this: accepted jobs are then
+        # claimed from the shared queue by whichever node has room, not spawned here.
+        self.shared_queue: Callable[[], None] | None = None
+        self.claims: dict[str, Claim] = {}  # the claims of this node's running jobs (cluster only)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -127,14 +132,22 @@ class JobManager:
             log.info("recovered %d unfinished job(s)", len(jobs))
         return len(jobs)
 
-    def spawn(self, job: JobRecord) -> None:
+    def spawn(self, job: JobRecord, claim: Claim | None = None) -> None:
+        """Start the job's task; in a cluster, only for a job this node claimed (others wake the claim loop)."""
+        if claim is None and self.shared_queue is not None:
+            self.shared_queue()
+            return
         self._durations[job.id] = float(job.duration_s or 0.0)
+        if claim is not None:
+            self.claims[job.id] = claim
 
         def forget(job_id: str = job.id) -> None:
             if job_id not in self._tasks:  # not replaced by a newer task for the same job
                 self._durations.pop(job_id, None)
+                if self.claims.get(job_id) == claim:
+                    self.claims.pop(job_id, None)
 
-        self._tasks.spawn(job.id, self._run(job), on_done=forget)
+        self._tasks.spawn(job.id, self._run(job, claim), on_done=forget)
 
     def throughput(self, window_s: float = 300.0) -> float:
         """Audio seconds transcribed per wall second over the last few minutes (0: unknown)."""
@@ -178,10 +191,23 @@ class JobManager:
         self.engine.cancel_job(job_id)
         return await self._tasks.cancel(job_id)
 
+    async def drop(self, job_id: str) -> None:
+        """A cluster node lost the job's claim: stop its work without writing anything about it."""
+        self.claims.pop(job_id, None)
+        await self.cancel(job_id)
+
+    async def stop_claimed(self, grace_s: float = 0.0) -> None:
+        """A cluster node's shutdown: like stop(), and its claims are forgotten."""
+        await self.stop(grace_s)
+        self.claims.clear()
+
     # ---- the pipeline ----------------------------------------------------
 
-    async def _run(self, job: JobRecord) -> None:
+    async def _run(self, job: JobRecord, claim: Claim | None = None) -> None:
         job_id = job.id
+        if claim is not None:
+            # Every write of this task (and of the tasks it starts) about the job carries the claim.
+            CURRENT.set(claim)
         try:
             await self.admission.acquire(job.owner, job_id, self.owner_cap(job.owner))
             try:
@@ -194,6 +220,11 @@ class JobManager:
             else:
                 _job_log(job, "cancelled", "cancelled")
             raise
+        except (Fenced, StoreUnavailable) as exc:
+            if claim is None:
+                raise
+            # Another node has the job now, or will once the lease runs out; write nothing.
+            _job_log(job, "dropped", f"dropped: {exc}", epoch=claim.epoch)
         except JobFailure as exc:
             await self._finish(job_id, Status.FAILED, error=(exc.code, exc.message))
         except Exception:
@@ -220,7 +251,7 @@ class JobManager:
 
         pcm = self.files.audio_path(job_id)
         if not pcm.exists():
-            source = self.files.find_input(job_id)
+            source = await self.files.pull_input(job_id)
             if source is None:
                 raise JobFailure("input_missing", "The uploaded file is gone, so the job cannot run; upload it again.")
             try:
@@ -253,6 +284,7 @@ class JobManager:
         language = options.language or language or ("en" if not self.multilingual else None)
         transcript = transcript_to_dict(segments, language=language, duration_s=duration, scores=True)
         await anyio.to_thread.run_sync(atomic_write_json, self.files.transcript_path(job_id), transcript)
+        await self.files.push(job_id, self.files.transcript_path(job_id))
         await self._finish(job_id, "done", language=language, segments=len(segments), windows=windows)
         # The transcript holds the windows now; the PCM can be made again from the input.
         pcm.unlink(missing_ok=True)
