@@ -36,7 +36,7 @@ from storage.claims import Claim, Fenced, StoreUnavailable, claim_for
 from storage.states import Stage, Status
 from storage.store import (
     _EXPORT_FIELDS, _EXPORT_JSON, _EXPORT_UPDATABLE, _JOB_FIELDS, _JOB_JSON, _JOB_UPDATABLE,
-    EXPORT_STATUSES, FINAL_STATUSES, JOB_STATUSES, EventRecord, ExportRecord, InvalidCursor, JobRecord,
+    EXPORT_STATUSES, FINAL_STATUSES, JOB_STATUSES, EventRecord, ExportRecord, InvalidCursor, JobRecord, KeyExists,
     _check_fields, _dumps, _export, _job, _to_row,
 )  # fmt: skip
 
@@ -455,11 +455,6 @@ class PgJobStore:
             raise KeyError(job_id)
         left = rows[0][2]
         return rows[0][0], int(rows[0][1]), None if left is None else float(left)
-
-
-class KeyExists(Exception):
-    """A job with this owner's idempotency key exists already."""
-
 
 
 class PgListener:

@@ -26,7 +26,7 @@ from app.api.state import AppState, owner_of
 from app.api.uploads import receive_upload
 from storage.files import atomic_write_bytes, safe_filename
 from storage.states import ACTIVE, FINAL, Stage, Status
-from storage.store import ExportRecord, InvalidCursor, JobRecord
+from storage.store import ExportRecord, InvalidCursor, JobRecord, KeyExists
 
 SSE_RETRY_MS = 3000
 
@@ -119,6 +119,15 @@ async def accept_upload(
     state = state_of(request)
     owner = owner_of(request)
     state.check_accepting()
+    # A client that repeats an upload (a retry after a lost answer) with the same
+    # key gets the job of the first one, on any node.
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
+            raise ApiError(422, "invalid_parameter", "Idempotency-Key must be 1 to 255 printable characters.", extra={"field": "Idempotency-Key"})
+        existing = await state.store.job_for_idempotency_key(owner, idempotency_key)
+        if existing is not None:
+            return existing
     query = dict(request.query_params)
     parse_options({k: v for k, v in query.items() if k != "filename"})  # fail fast on bad query options, before reading the body
     declared = int(request.headers.get("content-length", "0") or 0) if request.headers.get("content-length", "").isdigit() else 0
@@ -166,7 +175,14 @@ async def accept_upload(
         )
         # Under the key's lock, so its count never sees this job twice (row and slot).
         async with state.slots.lock(owner):
-            await state.store.create_job(job)
+            try:
+                await state.store.create_job(job, idempotency_key=idempotency_key)
+            except KeyExists:
+                # the same key's first upload won meanwhile (perhaps on another node)
+                first = await state.store.job_for_idempotency_key(owner, idempotency_key or "")
+                if first is None:
+                    raise
+                return first
             committed = True
             await state.hub.publish(job_id, "status", {"status": Status.QUEUED, "stage": Stage.QUEUED})
             slot.release()  # in one step with the spawn: counted as a task from now on

@@ -114,7 +114,8 @@ class JobManager:
         # A cluster node (app.pipeline.cluster) sets this: accepted jobs are then
         # claimed from the shared queue by whichever node has room, not spawned here.
         self.shared_queue: Callable[[], None] | None = None
-        self.claims: dict[str, Claim] = {}  # the claims of this node's running jobs (cluster only)
+        self.claims: dict[str, Claim] = {}
+        self._progress_floor: dict[str, float] = {}  # the claims of this node's running jobs (cluster only)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -241,10 +242,13 @@ class JobManager:
         await self.hub.publish(job_id, "status", {"status": Status.RUNNING, "stage": Stage.EXTRACTING})
         _job_log(job, "extracting", "running", queued_s=_since(job.created_at, job.started_at), attempt=job.attempts)
         progress = _Progress(self, job_id, job.progress)
+        # A resumed job (after a restart, or on another node) never shows less done than before.
+        self._progress_floor[job_id] = job.progress
         try:
             await self._work(job, options, duration, progress)
         finally:
             progress.cancel()
+            self._progress_floor.pop(job_id, None)
 
     async def _work(self, job: JobRecord, options: JobOptions, duration: float, progress: _Progress) -> None:
         job_id = job.id
@@ -435,6 +439,7 @@ class JobManager:
     # ---- state changes -----------------------------------------------------
 
     async def _set_stage(self, job_id: str, stage: str, progress: float) -> None:
+        progress = max(progress, self._progress_floor.get(job_id, 0.0))
         await self.store.update_job(job_id, stage=stage, progress=progress)
         await self.hub.publish(job_id, "progress", {"stage": stage, "progress": round(progress, 4)})
 
