@@ -87,7 +87,7 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.dir),
              "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-            stdout=log, stderr=subprocess.STDOUT, **self._drop,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **self._drop,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout
@@ -113,14 +113,14 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self, sig: int = signal.SIGINT) -> None:
-        """SIGINT is PostgreSQL's fast shutdown; SIGKILL a crash."""
+        """SIGINT is PostgreSQL's fast shutdown; SIGKILL a crash of the whole server (every process of it)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
             if sig == signal.SIGKILL:
-                # Its children (backends) go when they notice the postmaster is gone;
-                # the next start waits for the shared memory to be released.
-                self._wait_port_free()
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+            self.proc.wait(30)
+            self._wait_port_free()
 
     def _wait_port_free(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout

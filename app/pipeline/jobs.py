@@ -327,6 +327,8 @@ class JobManager:
                 languages[stored["language"]] += stored.get("seconds", 0.0)
             resume = ResumePoint.after(stored)
             seq += 1
+        if seq:
+            await self._announce_missing(job_id, [d for i in range(seq) for d in saved[i]["segments"]])
         base = EXTRACT_SHARE
         counter = itertools.count(seq)
 
@@ -435,6 +437,22 @@ class JobManager:
         await progress.flush()
         language = max(languages, key=languages.__getitem__) if languages else None
         return segments, language, seq
+
+    async def _announce_missing(self, job_id: str, stored: list[dict[str, Any]]) -> None:
+        """Announce the stored windows' segments that never made it to the event log.
+
+        A window is saved before its segments are announced; a process that died
+        in between (kill -9, a lost node) left some unannounced, and a client
+        following the job must still see every segment once.
+        """
+        seen: set[int] = set()
+        after = 0
+        while batch := await self.store.events_after(job_id, after):
+            seen.update(int(e.data["id"]) for e in batch if e.type == "segment" and "id" in e.data)
+            after = batch[-1].seq
+        for d in stored:
+            if int(d["id"]) not in seen:
+                await self.hub.publish(job_id, "segment", d)
 
     # ---- state changes -----------------------------------------------------
 
