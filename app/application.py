@@ -204,7 +204,7 @@ async def open_storage(cfg: Config, data_dir: Path) -> tuple[JobRepository, File
     if cfg.clustered:
         from storage.pg_store import PgJobStore
 
-        store = await PgJobStore.open(cfg.store.url)
+        store = await PgJobStore.open(cfg.store.url, idle_transaction_s=min(5.0, cfg.cluster.lease_s / 2))
     else:
         url = cfg.store.url
         store = await JobStore.open(Path(url[len("sqlite://"):]) if url else data_dir / "altyazi.db")

@@ -125,12 +125,20 @@ class PgJobStore:
         self.dsn = ""
 
     @classmethod
-    async def open(cls, dsn: str, *, clock: Callable[[], float] | None = None, max_connections: int = 10) -> PgJobStore:
-        """Connect (a pool of up to ``max_connections``) and migrate the schema to SCHEMA_VERSION."""
+    async def open(
+        cls, dsn: str, *, clock: Callable[[], float] | None = None, max_connections: int = 10, idle_transaction_s: float = 5.0
+    ) -> PgJobStore:
+        """Connect (a pool of up to ``max_connections``) and migrate the schema to SCHEMA_VERSION.
+
+        A session left idle inside a transaction for ``idle_transaction_s`` (its
+        node paused or cut off half way) is ended by the server, so the row
+        locks it held never keep other nodes from a job.
+        """
         import time
 
+        settings = {"idle_in_transaction_session_timeout": str(int(idle_transaction_s * 1000))}
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_connections, command_timeout=30)
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_connections, command_timeout=30, server_settings=settings)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable("database", str(exc) or type(exc).__name__) from exc
         store = cls(pool, clock or time.time)
@@ -194,12 +202,12 @@ class PgJobStore:
             raise ValueError(f"status {rec.status!r} is not one of {JOB_STATUSES}")
         row = _to_row(rec, _JOB_FIELDS, _JOB_JSON)
         try:
-            async with self._conn() as conn, conn.transaction():
-                await conn.execute(
-                    f"INSERT INTO jobs ({_JOB_COLS}, idempotency_key) VALUES ({_params(len(row) + 1)})", *row, idempotency_key
-                )
-                if rec.status == Status.QUEUED:
-                    await conn.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, rec.id)
+            # One statement: the row and the "a job is queued" notification commit together.
+            await self._fetch(
+                f"WITH i AS (INSERT INTO jobs ({_JOB_COLS}, idempotency_key) VALUES ({_params(len(row) + 1)}) RETURNING id, status)"
+                f" SELECT pg_notify('{QUEUE_CHANNEL}', id) FROM i WHERE status = '{Status.QUEUED}'",
+                *row, idempotency_key,
+            )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
             if idempotency_key is not None and "idempotency" in str(exc.constraint_name or ""):
                 raise KeyExists(idempotency_key) from None
@@ -285,27 +293,29 @@ class PgJobStore:
         return (await self.append_events([(job_id, type, data)]))[0]
 
     async def append_events(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> list[EventRecord]:
+        """Each event in one statement of its own (so one commit each, in order)."""
         out: list[EventRecord] = []
-        if not items:
-            return out
         now = self._clock()
-        async with self._conn() as conn, conn.transaction():
-            for job_id, type_, data in items:
-                claim = claim_for(job_id)
-                fence, fargs = _fence(claim, 2)
-                # The job row's counter numbers the events: its row lock orders
-                # appends from any node, and the fence rides on the same update.
-                seq = await conn.fetchval(f"UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1{fence} RETURNING event_seq", job_id, *fargs)
-                if seq is None:
-                    if claim is not None and await conn.fetchval("SELECT 1 FROM jobs WHERE id = $1", job_id):
-                        raise Fenced(job_id)
-                    raise KeyError(job_id)
-                await conn.execute(
-                    "INSERT INTO events (job_id, seq, type, data, created_at) VALUES ($1, $2, $3, $4, $5)", job_id, seq, type_, _dumps(data), now
-                )
-                # Delivered to listeners only when this transaction commits.
-                await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, f"{job_id} {seq}")
-                out.append(EventRecord(job_id, int(seq), type_, data, now))
+        for job_id, type_, data in items:
+            claim = claim_for(job_id)
+            fence, fargs = _fence(claim, 5)
+            # The job row's counter numbers the events: its row lock orders appends
+            # from any node, and the fence rides on the same update. One statement,
+            # so a client paused half way never holds the row's lock: the server
+            # finishes and commits it alone. The notification leaves at the commit.
+            rows = await self._fetch(
+                f"""
+                WITH s AS (UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1{fence} RETURNING event_seq),
+                i AS (INSERT INTO events (job_id, seq, type, data, created_at) SELECT $1, event_seq, $2, $3, $4 FROM s RETURNING seq)
+                SELECT seq, pg_notify('{EVENTS_CHANNEL}', $1 || ' ' || seq) FROM i
+                """,
+                job_id, type_, _dumps(data), now, *fargs,
+            )  # fmt: skip
+            if not rows:
+                if claim is not None and await self.get_job(job_id) is not None:
+                    raise Fenced(job_id)
+                raise KeyError(job_id)
+            out.append(EventRecord(job_id, int(rows[0][0]), type_, data, now))
         return out
 
     async def events_after(self, job_id: str, after_seq: int, limit: int = 1000) -> list[EventRecord]:
