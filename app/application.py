@@ -206,8 +206,7 @@ async def open_storage(cfg: Config, data_dir: Path) -> tuple[JobRepository, File
 
         store = await PgJobStore.open(cfg.store.url, idle_transaction_s=min(5.0, cfg.cluster.lease_s / 2))
     else:
-        url = cfg.store.url
-        store = await JobStore.open(Path(url[len("sqlite://"):]) if url else data_dir / "altyazi.db")
+        store = await JobStore.open(cfg.sqlite_path)
     files: FileStore
     if cfg.files.url.startswith("s3://"):
         from storage.s3_files import S3Files

@@ -149,6 +149,12 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
+    def sqlite_path(self) -> Path:
+        """The single box's job index: ``store.url``'s sqlite:///path, or data_dir/altyazi.db."""
+        url = self.store.url
+        return Path(url[len("sqlite://"):]) if url.startswith("sqlite:///") else Path(self.storage.data_dir) / "altyazi.db"
+
+    @property
     def clustered(self) -> bool:
         """Whether jobs live in a shared database (so nodes claim them) rather than in this box's SQLite."""
         return self.store.url.startswith(("postgresql://", "postgres://"))
