@@ -43,6 +43,7 @@ from storage.store import (
 _log = logging.getLogger("altyazi.cluster")
 
 EVENTS_CHANNEL = "altyazi_events"
+LISTENER_NAME = "altyazi-listener"  # application_name of each node's LISTEN session (pg_stat_activity)
 QUEUE_CHANNEL = "altyazi_queue"
 
 _JOB_COLS = ", ".join(_JOB_FIELDS)
@@ -500,7 +501,7 @@ class PgListener:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(self._dsn, timeout=5, server_settings={"application_name": LISTENER_NAME})
                 await conn.add_listener(EVENTS_CHANNEL, self._notified)
                 await conn.add_listener(QUEUE_CHANNEL, self._notified)
                 self.connected.set()

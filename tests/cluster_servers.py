@@ -29,7 +29,9 @@ import httpx
 
 
 def _port_free(port: int) -> bool:
+    """Whether nothing listens on the port (connections in TIME_WAIT do not count: the servers reuse the address)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -128,7 +130,7 @@ class PostgresServer:
             time.sleep(0.05)
 
     def close(self) -> None:
-        self.stop()
+        self.stop(signal.SIGKILL)  # its data goes with the folder anyway
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

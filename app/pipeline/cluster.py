@@ -99,6 +99,8 @@ class ClusterNode:
                     claimed = await self.queue.claim(self.node, self.lease_s, room)
                 except StoreUnavailable as exc:
                     log.warning("node %s: cannot claim jobs: %s", self.node, exc)
+                except Exception:  # a bug must not stop this node from ever claiming again
+                    log.exception("node %s: claiming failed", self.node)
             for job, claim in claimed:
                 self.claimed += 1
                 log.info("node %s claimed job %s (epoch %d)", self.node, job.id, claim.epoch)
@@ -119,6 +121,9 @@ class ClusterNode:
             except StoreUnavailable as exc:
                 # The leases may run out meanwhile; then the writes are fenced and the jobs dropped.
                 log.warning("node %s: heartbeat failed: %s", self.node, exc)
+                continue
+            except Exception:
+                log.exception("node %s: heartbeat failed", self.node)
                 continue
             for job_id, claim in held.items():
                 if job_id not in alive and self.manager.claims.get(job_id) == claim:
