@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import wait_done
+from tests.conftest import wait_done, wait_export
 from tests.media import make_long_speech, speak
 from tests.procserver import ServerProcess
 
@@ -295,7 +295,7 @@ def test_cancel_on_one_node_stops_the_work_on_its_owner(cluster: Cluster, clips:
     assert f"lost job {job_id}" in owning.log_tail(20000)
 
 
-def test_a_repeated_idempotency_key_gives_one_job_on_any_node(cluster: Cluster, clips: dict[str, Path]) -> None:
+def test_a_repeated_idempotency_key_gives_one_job_and_its_export_downloads_on_any_node(cluster: Cluster, clips: dict[str, Path]) -> None:
     a, b = cluster.node("a"), cluster.node("b")
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = submit(a, clips["short0"], key)
@@ -304,8 +304,18 @@ def test_a_repeated_idempotency_key_gives_one_job_on_any_node(cluster: Cluster, 
     assert first.json()["id"] == again.json()["id"]
     other = submit(b, clips["short0"], {"Idempotency-Key": uuid.uuid4().hex})
     assert other.json()["id"] != first.json()["id"]
+    job_id = first.json()["id"]
     with a.client() as client:
-        assert wait_done(client, first.json()["id"])["status"] == "done"
+        assert wait_done(client, job_id)["status"] == "done"
+        # an export made on one node downloads from another (through the bucket), ranges included
+        export = client.post(f"/v1/jobs/{job_id}/exports", json={"mode": "soft", "container": "mkv"})
+        assert export.status_code == 202, export.text
+        assert wait_export(client, job_id, export.json()["id"])["status"] == "done"
+    with b.client() as client:
+        whole = client.get(f"/v1/jobs/{job_id}/exports/{export.json()['id']}/file")
+        assert whole.status_code == 200 and len(whole.content) > 1000
+        part = client.get(f"/v1/jobs/{job_id}/exports/{export.json()['id']}/file", headers={"Range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == whole.content[10:20]
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["fast_restart", "kill_9"])
