@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,24 @@ class S3Files(JobFiles):
                 return path
         return None
 
-    async def read_range(self, job_id: str, path: Path, start: int, end: int) -> bytes:
-        """Bytes ``start``..``end`` (inclusive) of the stored object, read with an HTTP Range."""
-        obj = await self._call("get_object", Bucket=self.bucket, Key=self.key(job_id, path), Range=f"bytes={start}-{end}")
+    async def remote_size(self, job_id: str, path: Path) -> int | None:
+        """The stored object's size when this node has no copy (a download then streams from the bucket)."""
+        if await asyncio.to_thread(path.exists):
+            return None
+        try:
+            head = await self._call("head_object", Bucket=self.bucket, Key=self.key(job_id, path))
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    async def read_stream(self, job_id: str, path: Path, first: int, last: int) -> AsyncIterator[bytes]:
+        """Bytes ``first``..``last`` (inclusive) of the stored object, read with an HTTP Range, in pieces."""
+        obj = await self._call("get_object", Bucket=self.bucket, Key=self.key(job_id, path), Range=f"bytes={first}-{last}")
         async with obj["Body"] as body:
-            return bytes(await body.read())
+            while chunk := await body.read(1 << 16):
+                yield bytes(chunk)
 
     async def delete_objects(self, job_id: str) -> None:
         prefix = self._job_prefix(job_id)

@@ -10,7 +10,7 @@ implementations, so a second one runs the same tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,5 +123,13 @@ class FileStore(Protocol):
 
     async def pull_input(self, job_id: str) -> Path | None:
         """The job's upload as a local file (fetched if need be); None when there is none."""
+        ...
+
+    async def remote_size(self, job_id: str, path: Path) -> int | None:
+        """Bytes of the shared copy when a download should stream from it (no local copy); None otherwise."""
+        ...
+
+    def read_stream(self, job_id: str, path: Path, first: int, last: int) -> AsyncIterator[bytes]:
+        """Bytes ``first``..``last`` (inclusive) of the shared copy, as they arrive."""
         ...
 

@@ -52,7 +52,12 @@ async def test_a_file_pushed_on_one_node_is_pulled_on_another(s3_env: Any, tmp_p
     assert await b.pull("j", b.transcript_path("j")) and b.transcript_path("j").read_text() == '{"segments":[]}'
     assert not await b.pull("j", b.edited_path("j"))  # never stored: False, nothing made
     assert not b.edited_path("j").exists()
-    assert await b.read_range("j", b.input_path("j", ".mp4"), 10, 19) == big[10:20]
+    c_dir = store(s3_env, tmp_path / "c0", prefix)  # a node with no copy streams from the bucket
+    assert await c_dir.remote_size("j", c_dir.input_path("j", ".mp4")) == len(big)
+    assert b"".join([x async for x in c_dir.read_stream("j", c_dir.input_path("j", ".mp4"), 10, PART_BYTES + 9)]) == big[10 : PART_BYTES + 10]
+    assert await c_dir.remote_size("j", c_dir.edited_path("j")) is None  # stored nowhere
+    assert await b.remote_size("j", b.input_path("j", ".mp4")) is None  # b has its own copy now
+    await c_dir.aclose()
     assert await b.pull_input("other") is None
 
     await b.aclose()

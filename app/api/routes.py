@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.api import jsonbody
+from app.api import jsonbody, ranges
 from app.api.errors import ApiError, not_found
 from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Heartbeat, Shutdown, format_sse, format_sse_unnumbered
 from app.media.formats import FORMATS, SegmentError, to_srt, to_txt, to_vtt, transcript_to_dict, validate_segments
@@ -454,17 +454,35 @@ async def get_export_file(request: Request) -> Response:
         raise ApiError(409, "not_ready", f"The export is {export.status}; download it once it is done.")
     container = str(export.options.get("container", "mp4"))
     path = state.files.export_path(job.id, export.id, container)
-    if not await state.files.pull(job.id, path):
-        raise ApiError(404, "export_file_missing", "The exported file is gone (deleted by retention?); export again.")
     has_video = bool((job.media or {}).get("has_video"))
     media_type = (CONTAINER_TYPES if has_video else AUDIO_TYPES)[container]
     name = export.filename or f"export.{container}"
-    return PinnedFileResponse(
-        path,
-        pin=lambda: state.files.pin(job.id),
-        media_type=media_type,
-        headers={"Content-Disposition": f"attachment; filename=\"{ascii_name(name)}\"; filename*=UTF-8''{quote(name)}"},
-    )
+    disposition = {"Content-Disposition": f"attachment; filename=\"{ascii_name(name)}\"; filename*=UTF-8''{quote(name)}"}
+    size = await state.files.remote_size(job.id, path)
+    if size is not None:  # made on another node of a cluster: straight from the bucket
+        return remote_file_response(request, state, job.id, path, size, media_type, disposition)
+    if not path.exists():
+        raise ApiError(404, "export_file_missing", "The exported file is gone (deleted by retention?); export again.")
+    return PinnedFileResponse(path, pin=lambda: state.files.pin(job.id), media_type=media_type, headers=disposition)
+
+
+def remote_file_response(request: Request, state: AppState, job_id: str, path: Path, size: int, media_type: str, headers: dict[str, str]) -> Response:
+    """A download streamed from shared storage, with the one Range that RangeGuard let through."""
+    try:
+        span = ranges.resolve(request.headers.get("range"), size)
+    except ranges.RangeError as exc:
+        raise ApiError(416, "range_not_satisfiable", f"The Range header cannot be served: {exc}.", headers={"Content-Range": f"bytes */{size}"}) from None
+    first, last = span or (0, size - 1)
+    headers = {**headers, "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1)}
+    if span is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    body = state.files.read_stream(job_id, path, first, last) if size else _empty()
+    return StreamingResponse(body, status_code=206 if span is not None else 200, media_type=media_type, headers=headers)
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 class PinnedFileResponse(FileResponse):
