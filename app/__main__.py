@@ -62,7 +62,8 @@ def serve(cfg: Config) -> int:
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     from app.preflight import database_problem
 
-    problem = check_auth(cfg) or database_problem(cfg.storage.data_dir)
+    # A cluster's PostgreSQL is checked when the app connects (a failure stops the start there).
+    problem = check_auth(cfg) or (None if cfg.clustered else database_problem(cfg.storage.data_dir, cfg.sqlite_path))
     if problem is not None:
         print(f"altyazi: {problem}", file=sys.stderr)
         return 2

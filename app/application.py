@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from app.pipeline.errors import PipelineError
 from app.pipeline.events import EventHub
 from app.pipeline.exports import ExportManager
 from app.media.ffmpeg import FfmpegPool
+from app.pipeline.cluster import ClusterNode
 from app.pipeline.jobs import JobManager, ManagerLimits
 from app.pipeline.options import DecodingDefaults
 from app.api.looplag import LoopLagMonitor
@@ -47,6 +49,7 @@ from app.api.page import routes as web_routes
 from batching.types import Engine
 from storage.files import JobFiles
 from storage.retention import RetentionSweeper
+from storage.seams import FileStore, JobRepository
 from storage.store import JobStore
 
 log = logging.getLogger("altyazi.server")
@@ -75,8 +78,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         data_dir = Path(cfg.storage.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the first request
-        store = await JobStore.open(data_dir / "altyazi.db")
-        files = JobFiles(data_dir)
+        store, files = await open_storage(cfg, data_dir)
         pool = FfmpegPool(
             ffmpeg=cfg.ffmpeg.path,
             ffprobe=cfg.ffmpeg.ffprobe_path,
@@ -90,7 +92,9 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         t0 = time.monotonic()
         await engine.start()
         log.info("model %s ready in %.1f s", model_name, time.monotonic() - t0)
-        hub = EventHub(store)
+        # In a cluster, events reach subscribers through the database's notifications
+        # (from any node, in one order), not straight from this process.
+        hub = EventHub(store, local_delivery=not cfg.clustered)
         manager = JobManager(
             store=store,
             files=files,
@@ -114,9 +118,16 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         exports.owner_limit = state.export_cap
         app.state.altyazi = state
         holder["state"] = state
-        await openai_api.discard_orphans(store, files)  # before recover() would resume them
-        await manager.recover()
-        await exports.recover()
+        node: ClusterNode | None = None
+        listener_task: asyncio.Task[None] | None = None
+        if cfg.clustered:
+            # The shared tables belong to every node: no node re-queues or drops what
+            # others hold; jobs of dead nodes are claimed when their leases run out.
+            node, listener_task = await start_node(cfg, store, manager, hub)
+        else:
+            await openai_api.discard_orphans(store, files)  # before recover() would resume them
+            await manager.recover()
+            await exports.recover()
         sweeper = RetentionSweeper(store, files, retention_hours=cfg.storage.retention_hours)
         sweeper_task = asyncio.create_task(sweeper.run(), name="retention")
         state.ready = True
@@ -130,9 +141,19 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper_task
             await exports.stop()
-            await manager.stop(grace_s=cfg.server.shutdown_timeout_s / 2)
+            if node is not None:
+                await node.stop()
+            else:
+                await manager.stop(grace_s=cfg.server.shutdown_timeout_s / 2)
+            if listener_task is not None:
+                listener_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener_task
             await engine.stop()
             await store.close()
+            aclose = getattr(files, "aclose", None)
+            if aclose is not None:
+                await aclose()
             await metrics.stop()
             log.info("stopped")
 
@@ -187,6 +208,47 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             Exception: unhandled_error_handler,
         },
     )
+
+
+async def open_storage(cfg: Config, data_dir: Path) -> tuple[JobRepository, FileStore]:
+    """The job store and file store that ``store.url`` and ``files.url`` name (default: SQLite and folders in data_dir)."""
+    store: JobRepository
+    if cfg.clustered:
+        from storage.pg_store import PgJobStore
+
+        store = await PgJobStore.open(cfg.store.url, idle_transaction_s=min(5.0, cfg.cluster.lease_s / 2))
+    else:
+        store = await JobStore.open(cfg.sqlite_path)
+    files: FileStore
+    if cfg.files.url.startswith("s3://"):
+        from storage.s3_files import S3Files
+
+        files = S3Files(data_dir, cfg.files.url)  # data_dir is the node's scratch
+    else:
+        files = JobFiles(Path(cfg.files.url[len("file://"):]) if cfg.files.url else data_dir)
+    return store, files
+
+
+async def start_node(cfg: Config, store: JobRepository, manager: JobManager, hub: EventHub) -> tuple[ClusterNode, asyncio.Task[None]]:
+    """Join the cluster: the LISTEN connection first (so nothing announced from now on is missed), then the claim loop."""
+    from storage.pg_store import PgJobStore, PgListener
+
+    assert isinstance(store, PgJobStore)
+    node_id = cfg.cluster.node_id or socket.gethostname()
+    node = ClusterNode(
+        manager, store, node=node_id, lease_s=cfg.cluster.lease_s, poll_s=cfg.cluster.poll_s, max_jobs=cfg.cluster.max_jobs,
+    )
+
+    def resync() -> None:
+        # Whatever was announced while the listener was away: read it from the tables.
+        hub.poke(None)
+        node.wake()
+
+    listener = PgListener(cfg.store.url, on_event=hub.poke, on_job=node.wake, on_connect=resync)
+    task = asyncio.create_task(listener.run(), name="cluster-listener")
+    await node.start()
+    log.info("cluster node %s started (lease %.0f s, at most %d jobs)", node_id, cfg.cluster.lease_s, cfg.cluster.max_jobs)
+    return node, task
 
 
 def begin_drain(app: Starlette) -> None:

@@ -160,6 +160,29 @@ class SubtitlesConfig:
 
 
 @dataclass
+class StoreConfig:
+    # "" = sqlite:///<storage.data_dir>/altyazi.db, the single box; "postgresql://user@host/db"
+    # shares jobs between nodes (README, "Cluster").
+    url: str = ""
+
+
+@dataclass
+class FilesConfig:
+    # "" = file:///<storage.data_dir>, the single box; "s3://bucket/prefix" keeps job files in
+    # S3-compatible storage (endpoint and credentials from the AWS_* environment variables).
+    url: str = ""
+
+
+@dataclass
+class ClusterConfig:
+    # Used only with a postgresql:// store. "" = this host's name.
+    node_id: str = ""
+    lease_s: float = 15.0  # a claimed job is another node's to take this long after its owner's last heartbeat
+    poll_s: float = 1.0  # how often an idle node looks for queued jobs (a new job also wakes it at once)
+    max_jobs: int = 4  # jobs one node holds at once; it claims only while it has fewer and its batcher has room
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,6 +193,20 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     subtitles: SubtitlesConfig = field(default_factory=SubtitlesConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The single box's job index: ``store.url``'s sqlite:///path, or data_dir/altyazi.db."""
+        url = self.store.url
+        return Path(url[len("sqlite://"):]) if url.startswith("sqlite:///") else Path(self.storage.data_dir) / "altyazi.db"
+
+    @property
+    def clustered(self) -> bool:
+        """Whether jobs live in a shared database (so nodes claim them) rather than in this box's SQLite."""
+        return self.store.url.startswith(("postgresql://", "postgres://"))
 
     def validate(self) -> Config:
         s, m, b, f, st, lim = self.server, self.model, self.batching, self.ffmpeg, self.storage, self.limits
@@ -236,6 +273,19 @@ class Config:
                 origin == "*" or (origin.startswith(("http://", "https://")) and not origin.endswith("/")),
                 "auth.cors_origins", origin, "origins like https://example.org (scheme and host, no path), or *",
             )
+        st_url, f_url, cl = self.store.url, self.files.url, self.cluster
+        _check(
+            st_url == "" or st_url.startswith(("sqlite:///", "postgresql://", "postgres://")),
+            "store.url", st_url, '"" (SQLite in storage.data_dir), sqlite:///path or postgresql://user@host/db',
+        )
+        _check(
+            f_url == "" or f_url.startswith("file:///") or (f_url.startswith("s3://") and len(f_url) > 5),
+            "files.url", f_url, '"" (storage.data_dir), file:///path or s3://bucket/prefix',
+        )
+        _check(not f_url.startswith("s3://") or self.clustered, "files.url", f_url, "s3:// only with a postgresql:// store.url")
+        _check(cl.lease_s >= 1, "cluster.lease_s", cl.lease_s, ">= 1")
+        _check(0 < cl.poll_s <= cl.lease_s, "cluster.poll_s", cl.poll_s, "> 0 and at most cluster.lease_s")
+        _check(1 <= cl.max_jobs <= 10_000, "cluster.max_jobs", cl.max_jobs, "from 1 to 10000")
         return self
 
 

@@ -16,9 +16,9 @@ from storage.store import JobStore
 DB_NAME = "altyazi.db"
 
 
-def database_problem(data_dir: Path) -> str | None:
-    """Open (and migrate) the job index once; what is wrong with it in one line, or None."""
-    path = Path(data_dir) / DB_NAME
+def database_problem(data_dir: Path, path: Path | None = None) -> str | None:
+    """Open (and migrate) the job index once (default data_dir/altyazi.db); what is wrong with it in one line, or None."""
+    path = path or Path(data_dir) / DB_NAME
 
     async def probe() -> None:
         store = await JobStore.open(path)

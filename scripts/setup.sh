@@ -25,6 +25,7 @@ APT_PACKAGES=(
     "fonts-dejavu-core"      # libass needs a font to burn subtitles in
     "systemd:systemd-analyze"  # tests/test_systemd_unit.py verifies deploy/altyazi.service
     "chromium"               # tests/test_web.py drives the web page in it (Playwright, /usr/bin/chromium)
+    "postgresql"             # the cluster tests start a real server (tests/cluster_servers.py); not for the single box
 )
 
 PYTHON="${PYTHON:-python3}"

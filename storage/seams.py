@@ -10,7 +10,7 @@ implementations, so a second one runs the same tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +28,11 @@ class JobRepository(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create_job(self, rec: JobRecord) -> None: ...
+    async def create_job(self, rec: JobRecord, *, idempotency_key: str | None = None) -> None:
+        """Raises storage.store.KeyExists when the owner has a job with ``idempotency_key``."""
+        ...
+
+    async def job_for_idempotency_key(self, owner: str, key: str) -> JobRecord | None: ...
 
     async def update_job(self, job_id: str, **fields: Any) -> JobRecord: ...
 
@@ -109,4 +113,27 @@ class FileStore(Protocol):
     def is_pinned(self, job_id: str) -> bool: ...
 
     def size_bytes(self, job_id: str) -> int: ...
+
+    # Shared storage (a cluster's bucket): local paths are a node's scratch copy.
+    # The single box's folders are the storage itself, so these do nothing there.
+
+    async def push(self, job_id: str, path: Path) -> None:
+        """Make a finished local file durable where every node can get it."""
+        ...
+
+    async def pull(self, job_id: str, path: Path) -> bool:
+        """Make sure the local file exists, fetching it if need be; False when it exists nowhere."""
+        ...
+
+    async def pull_input(self, job_id: str) -> Path | None:
+        """The job's upload as a local file (fetched if need be); None when there is none."""
+        ...
+
+    async def remote_size(self, job_id: str, path: Path) -> int | None:
+        """Bytes of the shared copy when a download should stream from it (no local copy); None otherwise."""
+        ...
+
+    def read_stream(self, job_id: str, path: Path, first: int, last: int) -> AsyncIterator[bytes]:
+        """Bytes ``first``..``last`` (inclusive) of the shared copy, as they arrive."""
+        ...
 

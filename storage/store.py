@@ -38,6 +38,10 @@ EXPORT_STATUSES = JOB_STATUSES
 T = TypeVar("T")
 
 
+class KeyExists(Exception):
+    """The owner has a job with this idempotency key already."""
+
+
 class InvalidCursor(ValueError):
     """A list_jobs cursor that names no job the caller can see (bad input, or deleted since)."""
 
@@ -130,8 +134,14 @@ def _migrate_1(conn: sqlite3.Connection) -> None:
         conn.execute(stmt)
 
 
+def _migrate_2(conn: sqlite3.Connection) -> None:
+    # An upload repeated with the same Idempotency-Key finds its first job.
+    conn.execute("ALTER TABLE jobs ADD COLUMN idempotency_key TEXT")
+    conn.execute("CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL")
+
+
 # MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1, _migrate_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -483,15 +493,18 @@ class JobStore:
 
     # ------------------------------------------------------------ jobs
 
-    async def create_job(self, rec: JobRecord) -> None:
+    async def create_job(self, rec: JobRecord, *, idempotency_key: str | None = None) -> None:
+        """Raises KeyExists when the owner has a job with ``idempotency_key`` already."""
         if rec.status not in JOB_STATUSES:
             raise ValueError(f"status {rec.status!r} is not one of {JOB_STATUSES}")
-        row = _to_row(rec, _JOB_FIELDS, _JOB_JSON)
+        row = [*_to_row(rec, _JOB_FIELDS, _JOB_JSON), idempotency_key]
 
         def q(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute(f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({_placeholders(row)})", row)
+                conn.execute(f"INSERT INTO jobs ({_JOB_COLS}, idempotency_key) VALUES ({_placeholders(row)})", row)
             except sqlite3.IntegrityError as exc:
+                if "idempotency_key" in str(exc):
+                    raise KeyExists(idempotency_key) from None
                 if "UNIQUE" in str(exc):
                     raise ValueError(f"job {rec.id!r} already exists") from exc
                 raise
@@ -513,6 +526,13 @@ class JobStore:
         if not rows:
             raise KeyError(job_id)
         return _job(rows[0])
+
+    async def job_for_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+        def q(conn: sqlite3.Connection) -> Any:
+            return conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)).fetchone()
+
+        row = await self._read(q)
+        return None if row is None else _job(row)
 
     async def get_job(self, job_id: str, owner: str | None = None) -> JobRecord | None:
         def q(conn: sqlite3.Connection) -> Any:

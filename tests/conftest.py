@@ -278,3 +278,27 @@ class HealthProbe:
     @property
     def worst(self) -> float:
         return max(self.times)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server on loopback for the whole session (tests/cluster_servers.py)."""
+    from tests.cluster_servers import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A real S3 server (SeaweedFS) on loopback for the whole session, with one bucket."""
+    from tests.cluster_servers import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.close()

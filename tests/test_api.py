@@ -205,3 +205,18 @@ def test_health_and_readiness(make_server: Callable[..., LiveServer]) -> None:
     with live.client() as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_repeated_idempotency_key_answers_the_first_job(make_server: Callable[..., LiveServer], media: dict[str, Path]) -> None:
+    live = make_server()
+    body = media["wav"].read_bytes()
+    with live.client() as client:
+        def post(key: str) -> httpx.Response:
+            return client.post("/v1/jobs", files={"file": ("speech.wav", body)}, headers={"Idempotency-Key": key})
+
+        first, again, other = post("upload-1"), post("upload-1"), post("upload-2")
+        assert first.status_code == again.status_code == other.status_code == 202
+        assert first.json()["id"] == again.json()["id"] != other.json()["id"]
+        assert len(client.get("/v1/jobs").json()["jobs"]) == 2
+        assert post("").status_code == 422
+        assert wait_done(client, first.json()["id"])["status"] == "done"

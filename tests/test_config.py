@@ -121,3 +121,30 @@ def test_batch_rows_and_vad_threads_by_device() -> None:
     assert batcher_options(cpu).max_batch_weight == 0
     assert (vad_threads(gpu), vad_threads(cpu)) == (4, 1)
     assert vad_threads(load_config(environ={"ALTYAZI_BATCHING_VAD_THREADS": "3"})) == 3
+
+
+def test_the_single_box_is_the_default_and_a_cluster_is_named_by_its_urls(tmp_path: Path) -> None:
+    cfg = load_config(environ={"ALTYAZI_STORAGE_DATA_DIR": str(tmp_path)})
+    assert not cfg.clustered and cfg.sqlite_path == tmp_path / "altyazi.db" and cfg.files.url == ""
+    assert load_config(environ={"ALTYAZI_STORE_URL": f"sqlite://{tmp_path}/x.db"}).sqlite_path == tmp_path / "x.db"
+    cluster = load_config(environ={
+        "ALTYAZI_STORE_URL": "postgresql://altyazi@db:5432/altyazi", "ALTYAZI_FILES_URL": "s3://bucket/prefix",
+        "ALTYAZI_CLUSTER_NODE_ID": "gpu1", "ALTYAZI_CLUSTER_LEASE_S": "10",
+    })  # fmt: skip
+    assert cluster.clustered and (cluster.cluster.node_id, cluster.cluster.lease_s) == ("gpu1", 10.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"ALTYAZI_STORE_URL": "mysql://x"}, "store.url = 'mysql://x'"),
+        ({"ALTYAZI_FILES_URL": "gs://bucket"}, "files.url = 'gs://bucket'"),
+        ({"ALTYAZI_FILES_URL": "s3://bucket"}, "s3:// only with a postgresql:// store.url"),
+        ({"ALTYAZI_CLUSTER_LEASE_S": "0.5"}, "cluster.lease_s = 0.5"),
+        ({"ALTYAZI_CLUSTER_POLL_S": "30"}, "cluster.poll_s = 30.0"),
+    ],
+)
+def test_bad_cluster_values_name_the_key(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=env)
+    assert needle in str(info.value)

@@ -115,3 +115,16 @@ def test_export_file_ranges(make_server: Callable[..., LiveServer], tmp_path: Pa
         assert r.status_code == 206 and r.content == whole[10:110]
         r = client.get(path, headers={"Range": "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 2000, 2))})
         assert r.status_code == 416 and r.json()["error"]["code"] == "range_not_satisfiable"
+
+
+def test_one_range_resolves_against_a_size() -> None:
+    from app.api.ranges import RangeError, resolve
+
+    assert resolve(None, 100) is None
+    assert resolve("bytes=10-19", 100) == (10, 19)
+    assert resolve("bytes=90-", 100) == (90, 99)
+    assert resolve("bytes=95-200", 100) == (95, 99)
+    assert resolve("bytes=-10", 100) == (90, 99)
+    assert resolve("bytes=-500", 100) == (0, 99)
+    with pytest.raises(RangeError):
+        resolve("bytes=100-", 100)

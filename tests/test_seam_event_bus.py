@@ -2,14 +2,17 @@
 then what the in-process hub adds (bounded subscriber queues). No sleeps: every
 step waits on the bus itself.
 
-A second implementation (the cluster's LISTEN/NOTIFY bus) joins by adding its
-factory to IMPLEMENTATIONS.
+The cluster's bus is the same hub on PostgreSQL with ``local_delivery=False``:
+its subscribers hear of events only through the node's LISTEN connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,24 +20,60 @@ from app.pipeline.events import CaughtUp, EventBus, EventHub, Heartbeat, Item, S
 from storage.states import Stage, Status
 from storage.store import EventRecord, JobRecord, JobStore
 
-IMPLEMENTATIONS: dict[str, Callable[[JobStore], EventBus]] = {"in_process": EventHub}
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    s = await JobStore.open(tmp_path / "altyazi.db")
+async def add_jobs(s: Any) -> None:
     for job_id in ("j", "other"):
         await s.create_job(JobRecord(
             id=job_id, owner="o", status=Status.QUEUED, stage=Stage.QUEUED, progress=0.0, filename="f.mp4",
             options={}, created_at=1.0, updated_at=1.0,
         ))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    s = await JobStore.open(tmp_path / "altyazi.db")
+    await add_jobs(s)
     yield s
     await s.close()
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def bus(request: pytest.FixtureRequest, store: JobStore) -> EventBus:
-    return IMPLEMENTATIONS[request.param](store)
+@contextlib.asynccontextmanager
+async def in_process(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
+    s = await JobStore.open(request.getfixturevalue("tmp_path") / "altyazi.db")
+    await add_jobs(s)
+    try:
+        yield EventHub(s)
+    finally:
+        await s.close()
+
+
+@contextlib.asynccontextmanager
+async def postgresql(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
+    from storage.pg_store import PgJobStore, PgListener
+
+    s = await PgJobStore.open(request.getfixturevalue("postgres").new_database())
+    await add_jobs(s)
+    hub = EventHub(s, local_delivery=False)
+    listener = PgListener(s.dsn, on_event=hub.poke, on_job=lambda: None, on_connect=lambda: hub.poke(None))
+    task = asyncio.create_task(listener.run())
+    await asyncio.wait_for(listener.connected.wait(), 10)
+    try:
+        yield hub
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await s.close()
+
+
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[EventBus]]] = {
+    "in_process": in_process,
+    "postgresql": postgresql,
+}
+
+
+@pytest.fixture(params=[pytest.param("in_process"), pytest.param("postgresql", marks=pytest.mark.cluster)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
+    async with IMPLEMENTATIONS[request.param](request) as b:
+        yield b
 
 
 async def take(stream: AsyncIterator[Item], n: int) -> list[Item]:

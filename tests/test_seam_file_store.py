@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,12 +17,27 @@ import pytest
 from storage.files import JobFiles
 from storage.seams import FileStore
 
-IMPLEMENTATIONS: dict[str, Callable[[Path], FileStore]] = {"folder_per_job": JobFiles}
+
+def _s3(request: pytest.FixtureRequest, data_dir: Path) -> FileStore:
+    from storage.s3_files import S3Files
+
+    # the session's real S3 server (tests/cluster_servers.py), a prefix of its own
+    server = request.getfixturevalue("s3_server")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return S3Files(data_dir, f"s3://{server.bucket}/{uuid.uuid4().hex}")
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], FileStore]] = {
+    "folder_per_job": lambda request, data_dir: JobFiles(data_dir),
+    "s3": _s3,
+}
+
+
+@pytest.fixture(params=[pytest.param("folder_per_job"), pytest.param("s3", marks=pytest.mark.cluster)])
 def files(request: pytest.FixtureRequest, tmp_path: Path) -> FileStore:
-    return IMPLEMENTATIONS[request.param](tmp_path / "data")
+    return IMPLEMENTATIONS[request.param](request, tmp_path / "data")
 
 
 def test_a_job_has_its_own_paths(files: FileStore) -> None:

@@ -13,19 +13,26 @@ import pytest
 
 from storage.seams import JobRepository
 from storage.states import Stage, Status
-from storage.store import ExportRecord, JobRecord, JobStore
+from storage.store import ExportRecord, JobRecord, JobStore, KeyExists
 
 
-async def _sqlite(tmp_path: Path) -> JobRepository:
+async def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> JobRepository:
     return await JobStore.open(tmp_path / "altyazi.db")
 
 
-IMPLEMENTATIONS: dict[str, Callable[[Path], Awaitable[JobRepository]]] = {"sqlite": _sqlite}
+async def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> JobRepository:
+    from storage.pg_store import PgJobStore
+
+    # a fresh database on the session's real PostgreSQL (tests/cluster_servers.py)
+    return await PgJobStore.open(request.getfixturevalue("postgres").new_database())
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[JobRepository]]] = {"sqlite": _sqlite, "postgresql": _postgresql}
+
+
+@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.cluster)])
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobRepository]:
-    store = await IMPLEMENTATIONS[request.param](tmp_path)
+    store = await IMPLEMENTATIONS[request.param](request, tmp_path)
     yield store
     await store.close()
 
@@ -138,3 +145,16 @@ async def test_deleting_a_job_takes_its_exports_events_and_windows(repo: JobRepo
     assert await repo.get_export("e") is None
     assert await repo.events_after("j", 0) == []
     assert await repo.load_windows("j") == {}
+
+
+async def test_an_idempotency_key_names_one_job_per_owner(repo: JobRepository) -> None:
+    await repo.create_job(job("j1"), idempotency_key="k")
+    await repo.create_job(job("j2", owner="bob"), idempotency_key="k")  # another owner's key is another key
+    await repo.create_job(job("j3"))  # no key: never a clash
+    await repo.create_job(job("j4"))
+    with pytest.raises(KeyExists):
+        await repo.create_job(job("j5"), idempotency_key="k")
+    found = await repo.job_for_idempotency_key("alice", "k")
+    assert found is not None and found.id == "j1"
+    assert await repo.job_for_idempotency_key("alice", "other") is None
+    assert await repo.get_job("j5") is None

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.media.probe import MediaError
 from app.pipeline.errors import InvalidRequest, LimitReached, NotReady, PipelineError
+from storage.claims import StoreUnavailable
 
 log = logging.getLogger("altyazi.http")
 
@@ -83,6 +84,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log; the client gets no paths and no stack.
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(unexpected(exc))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(unexpected(exc))
 
@@ -96,6 +100,13 @@ def unexpected(exc: BaseException) -> ApiError:
     """
     if isinstance(exc, (ApiError, PipelineError, MediaError)):
         return as_api_error(exc)
+    if isinstance(exc, StoreUnavailable):
+        # A cluster's database or object storage is away (a failover, a restart):
+        # nothing was accepted, and the client can simply try again.
+        return ApiError(
+            503, "store_unavailable", f"The server cannot reach its {exc.what} right now; nothing was stored. Try again shortly.",
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ApiError(507, "insufficient_storage", "The server ran out of disk space; try again later.", headers={"Retry-After": "60"})
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -190,6 +190,7 @@ async def _follow(state: AppState, job_id: str) -> _Outcome:
                 outcome.final = item
                 if item.type == "done":
                     # The stored transcript keeps what segment events leave out: the decoder's numbers.
+                    await state.files.pull(job_id, state.files.transcript_path(job_id))  # made on another node, in a cluster
                     text = await anyio.to_thread.run_sync(state.files.transcript_path(job_id).read_text, "utf-8")
                     outcome.scores = {int(s["id"]): s for s in json.loads(text).get("segments", ())}
                 return outcome

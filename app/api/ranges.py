@@ -69,6 +69,24 @@ def single_range(header: str) -> str:
     return f"bytes={low}-" + ("" if high is None else str(high))
 
 
+def resolve(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte of the one range RangeGuard let through, for a body of ``size``.
+
+    None when there is no Range header (the whole body); RangeError when the
+    range starts past the end (416).
+    """
+    if not header:
+        return None
+    spec = single_range(header)[len("bytes="):]
+    first, _, last = spec.partition("-")
+    if not first:  # the last N bytes
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    if start >= size:
+        raise RangeError(f"the range starts at byte {start}, past the end ({size} bytes)")
+    return start, min(int(last), size - 1) if last else size - 1
+
+
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.api import jsonbody
+from app.api import jsonbody, ranges
 from app.api.errors import ApiError, not_found
 from app.pipeline.events import EXPORT_FINAL_EVENTS, FINAL_EVENTS, CaughtUp, Heartbeat, Shutdown, format_sse, format_sse_unnumbered
 from app.media.cuerules import PRESET_KEY, CueRules, RuleError, cue_segments, parse_overrides, resolve
@@ -29,7 +29,7 @@ from app.api.state import AppState, owner_of
 from app.api.uploads import receive_upload
 from storage.files import atomic_write_bytes, safe_filename
 from storage.states import ACTIVE, FINAL, Stage, Status
-from storage.store import ExportRecord, InvalidCursor, JobRecord
+from storage.store import ExportRecord, InvalidCursor, JobRecord, KeyExists
 
 SSE_RETRY_MS = 3000
 
@@ -125,6 +125,15 @@ async def accept_upload(
     state = state_of(request)
     owner = owner_of(request)
     state.check_accepting()
+    # A client that repeats an upload (a retry after a lost answer) with the same
+    # key gets the job of the first one, on any node.
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
+            raise ApiError(422, "invalid_parameter", "Idempotency-Key must be 1 to 255 printable characters.", extra={"field": "Idempotency-Key"})
+        existing = await state.store.job_for_idempotency_key(owner, idempotency_key)
+        if existing is not None:
+            return existing
     query = dict(request.query_params)
     parse_options({k: v for k, v in query.items() if k != "filename"})  # fail fast on bad query options, before reading the body
     declared = int(request.headers.get("content-length", "0") or 0) if request.headers.get("content-length", "").isdigit() else 0
@@ -154,6 +163,8 @@ async def accept_upload(
         upload.path.replace(source)
         info = await state.pool.probe(source)
         check_media(info, max_duration_s=state.cfg.storage.max_duration_s)
+        # Durable where every node can read it before the row exists (a no-op on one box).
+        await state.files.push(job_id, source)
         now = time.time()
         job = JobRecord(
             id=job_id,
@@ -170,7 +181,14 @@ async def accept_upload(
         )
         # Under the key's lock, so its count never sees this job twice (row and slot).
         async with state.slots.lock(owner):
-            await state.store.create_job(job)
+            try:
+                await state.store.create_job(job, idempotency_key=idempotency_key)
+            except KeyExists:
+                # the same key's first upload won meanwhile (perhaps on another node)
+                first = await state.store.job_for_idempotency_key(owner, idempotency_key or "")
+                if first is None:
+                    raise
+                return first
             committed = True
             await state.hub.publish(job_id, "status", {"status": Status.QUEUED, "stage": Stage.QUEUED})
             slot.release()  # in one step with the spawn: counted as a task from now on
@@ -316,6 +334,8 @@ async def read_transcript(state: AppState, job: JobRecord, version: str) -> dict
         )
     edited = state.files.edited_path(job.id)
     path = state.files.transcript_path(job.id)
+    await state.files.pull(job.id, edited)  # another node's work, in a cluster
+    await state.files.pull(job.id, path)
     if version == "edited" and not edited.exists():
         raise ApiError(404, "no_edited_transcript", "This transcript has not been edited; ask for version=original.")
     if version in ("latest", "edited") and edited.exists():
@@ -417,6 +437,7 @@ async def put_transcript(request: Request) -> Response:
 
     async with edit_lock(job.id):
         body = await anyio.to_thread.run_sync(validate_and_write)
+        await state.files.push(job.id, state.files.edited_path(job.id))
     return Response(body, media_type="application/json")
 
 
@@ -541,17 +562,35 @@ async def get_export_file(request: Request) -> Response:
         raise ApiError(409, "not_ready", f"The export is {export.status}; download it once it is done.")
     container = str(export.options.get("container", "mp4"))
     path = state.files.export_path(job.id, export.id, container)
-    if not path.exists():
-        raise ApiError(404, "export_file_missing", "The exported file is gone (deleted by retention?); export again.")
     has_video = bool((job.media or {}).get("has_video"))
     media_type = (CONTAINER_TYPES if has_video else AUDIO_TYPES)[container]
     name = export.filename or f"export.{container}"
-    return PinnedFileResponse(
-        path,
-        pin=lambda: state.files.pin(job.id),
-        media_type=media_type,
-        headers={"Content-Disposition": f"attachment; filename=\"{ascii_name(name)}\"; filename*=UTF-8''{quote(name)}"},
-    )
+    disposition = {"Content-Disposition": f"attachment; filename=\"{ascii_name(name)}\"; filename*=UTF-8''{quote(name)}"}
+    size = await state.files.remote_size(job.id, path)
+    if size is not None:  # made on another node of a cluster: straight from the bucket
+        return remote_file_response(request, state, job.id, path, size, media_type, disposition)
+    if not path.exists():
+        raise ApiError(404, "export_file_missing", "The exported file is gone (deleted by retention?); export again.")
+    return PinnedFileResponse(path, pin=lambda: state.files.pin(job.id), media_type=media_type, headers=disposition)
+
+
+def remote_file_response(request: Request, state: AppState, job_id: str, path: Path, size: int, media_type: str, headers: dict[str, str]) -> Response:
+    """A download streamed from shared storage, with the one Range that RangeGuard let through."""
+    try:
+        span = ranges.resolve(request.headers.get("range"), size)
+    except ranges.RangeError as exc:
+        raise ApiError(416, "range_not_satisfiable", f"The Range header cannot be served: {exc}.", headers={"Content-Range": f"bytes */{size}"}) from None
+    first, last = span or (0, size - 1)
+    headers = {**headers, "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1)}
+    if span is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    body = state.files.read_stream(job_id, path, first, last) if size else _empty()
+    return StreamingResponse(body, status_code=206 if span is not None else 200, media_type=media_type, headers=headers)
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 class PinnedFileResponse(FileResponse):

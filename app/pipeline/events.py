@@ -43,6 +43,11 @@ class Heartbeat:
 
 Item = EventRecord | CaughtUp | Heartbeat | Shutdown
 
+
+@dataclass(frozen=True)
+class _Wake:
+    """Internal: the store holds events this subscriber has not seen; read them from there."""
+
 class EventBus(Protocol):
     """A job's event log with live fan-out: the seam a cluster implements on its database.
 
@@ -70,10 +75,10 @@ SUBSCRIBER_QUEUE = 256
 
 class _Subscriber:
     def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[EventRecord | Shutdown] = asyncio.Queue(maxsize=size)
+        self.queue: asyncio.Queue[EventRecord | Shutdown | _Wake] = asyncio.Queue(maxsize=size)
         self.overflowed = False  # events were left out of the queue: replay from the store
 
-    def offer(self, item: EventRecord | Shutdown) -> None:
+    def offer(self, item: EventRecord | Shutdown | _Wake) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -81,8 +86,13 @@ class _Subscriber:
 
 
 class EventHub:
-    def __init__(self, store: JobRepository, *, queue_size: int = SUBSCRIBER_QUEUE) -> None:
+    """The EventBus of one process; with ``local_delivery=False`` (a cluster) subscribers
+    learn of new events only through :meth:`poke`, called when the database announces
+    them, and read them from the store, so events from every node arrive in one order."""
+
+    def __init__(self, store: JobRepository, *, queue_size: int = SUBSCRIBER_QUEUE, local_delivery: bool = True) -> None:
         self._store = store
+        self._local_delivery = local_delivery
         self._queue_size = queue_size
         self._subscribers: dict[str, set[_Subscriber]] = defaultdict(set)
         self._closing = False
@@ -103,8 +113,9 @@ class EventHub:
         try:
             async with lock:
                 record = await self._store.append_event(job_id, type, data)
-                for subscriber in self._subscribers.get(job_id, ()):
-                    subscriber.offer(record)
+                if self._local_delivery:
+                    for subscriber in self._subscribers.get(job_id, ()):
+                        subscriber.offer(record)
             for listener in self.listeners:
                 try:
                     listener(job_id, type, data)
@@ -117,6 +128,14 @@ class EventHub:
             else:
                 self._locks[job_id] = (lock, users - 1)
         return record
+
+    def poke(self, job_id: str | None = None) -> None:
+        """New events of ``job_id`` (None: of any job, after a lost connection) are in the store."""
+        jobs = list(self._subscribers) if job_id is None else [job_id]
+        for job in jobs:
+            for subscriber in self._subscribers.get(job, ()):
+                subscriber.overflowed = True
+                subscriber.offer(_Wake())
 
     def close(self) -> None:
         """Tell every open stream to finish (graceful shutdown)."""
@@ -169,6 +188,8 @@ class EventHub:
                 if isinstance(item, Shutdown):
                     yield item
                     return
+                if isinstance(item, _Wake):
+                    continue  # overflowed is set: the top of the loop reads the store
                 if item.seq <= last:
                     continue
                 last = item.seq

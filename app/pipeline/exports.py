@@ -186,7 +186,7 @@ class ExportManager:
             work_dir = self.files.work_dir(job_id) / export_id
             dest = self.files.export_path(job_id, export_id, options.container)
             job = await self.store.get_job(job_id)
-            source = self.files.find_input(job_id)
+            source = await self.files.pull_input(job_id)
             if job is None or source is None:
                 raise FfmpegError("The job's media is gone, so it cannot be exported.", code="input_missing")
             await self.store.update_export(export_id, status=Status.RUNNING)
@@ -216,6 +216,7 @@ class ExportManager:
                 rules=self.rules_for(job, options),
             )
             size = dest.stat().st_size
+            await self.files.push(job_id, dest)
             await self.store.update_export(export_id, status=Status.DONE, progress=1.0, finished_at=time.time(), size_bytes=size)
             self._detach(job_id, export_id)
             await self.hub.publish(job_id, "export_done", {"export_id": export_id, "status": Status.DONE, "size_bytes": size})
@@ -260,6 +261,8 @@ class ExportManager:
 
     async def _segments(self, job_id: str) -> list[Any]:
         edited = self.files.edited_path(job_id)
+        await self.files.pull(job_id, edited)
+        await self.files.pull(job_id, self.files.transcript_path(job_id))
         path = edited if edited.exists() else self.files.transcript_path(job_id)
         text = await anyio.to_thread.run_sync(path.read_text, "utf-8")
         return [segment_from_dict(s) for s in json.loads(text).get("segments", [])]

@@ -38,6 +38,7 @@ from app.pipeline.tasks import TaskRegistry
 from app.pipeline.windows import WindowSpan, iter_windows
 from batching.types import SAMPLE_RATE, AudioRef, Engine, Segment, WindowRequest, WindowResult, Word
 from storage.files import atomic_write_json
+from storage.claims import CURRENT, Claim, Fenced, StoreUnavailable
 from storage.seams import FileStore, JobRepository
 from storage.states import ACTIVE, Stage, Status
 from storage.store import JobRecord
@@ -131,6 +132,11 @@ class JobManager:
         self._transcribing: dict[str, _Submitted] = {}  # job -> how far its windows are handed out
         # The page's waveform and playable copy, made beside the transcription.
         self.playback = PlaybackFiles(files=files, pool=pool)
+        # A cluster node (app.pipeline.cluster) sets this: accepted jobs are then
+        # claimed from the shared queue by whichever node has room, not spawned here.
+        self.shared_queue: Callable[[], None] | None = None
+        self.claims: dict[str, Claim] = {}
+        self._progress_floor: dict[str, float] = {}  # the claims of this node's running jobs (cluster only)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -148,15 +154,23 @@ class JobManager:
             log.info("recovered %d unfinished job(s)", len(jobs))
         return len(jobs)
 
-    def spawn(self, job: JobRecord) -> None:
+    def spawn(self, job: JobRecord, claim: Claim | None = None) -> None:
+        """Start the job's task; in a cluster, only for a job this node claimed (others wake the claim loop)."""
+        if claim is None and self.shared_queue is not None:
+            self.shared_queue()
+            return
         self._durations[job.id] = float(job.duration_s or 0.0)
+        if claim is not None:
+            self.claims[job.id] = claim
 
         def forget(job_id: str = job.id) -> None:
             if job_id not in self._tasks:  # not replaced by a newer task for the same job
                 self._durations.pop(job_id, None)
                 self._done.pop(job_id, None)
+                if self.claims.get(job_id) == claim:
+                    self.claims.pop(job_id, None)
 
-        self._tasks.spawn(job.id, self._run(job), on_done=forget)
+        self._tasks.spawn(job.id, self._run(job, claim), on_done=forget)
 
     def throughput(self, window_s: float = 300.0) -> float:
         """Audio seconds transcribed per wall second over the last few minutes (0: unknown)."""
@@ -227,10 +241,23 @@ class JobManager:
         self.engine.cancel_job(job_id)
         return await self._tasks.cancel(job_id)
 
+    async def drop(self, job_id: str) -> None:
+        """A cluster node lost the job's claim: stop its work without writing anything about it."""
+        self.claims.pop(job_id, None)
+        await self.cancel(job_id)
+
+    async def stop_claimed(self, grace_s: float = 0.0) -> None:
+        """A cluster node's shutdown: like stop(), and its claims are forgotten."""
+        await self.stop(grace_s)
+        self.claims.clear()
+
     # ---- the pipeline ----------------------------------------------------
 
-    async def _run(self, job: JobRecord) -> None:
+    async def _run(self, job: JobRecord, claim: Claim | None = None) -> None:
         job_id = job.id
+        if claim is not None:
+            # Every write of this task (and of the tasks it starts) about the job carries the claim.
+            CURRENT.set(claim)
         try:
             await self.admission.acquire(job.owner, job_id, self.owner_cap(job.owner))
             try:
@@ -243,6 +270,11 @@ class JobManager:
             else:
                 _job_log(job, "cancelled", "cancelled")
             raise
+        except (Fenced, StoreUnavailable) as exc:
+            if claim is None:
+                raise
+            # Another node has the job now, or will once the lease runs out; write nothing.
+            _job_log(job, "dropped", f"dropped: {exc}", epoch=claim.epoch)
         except JobFailure as exc:
             await self._finish(job_id, Status.FAILED, error=(exc.code, exc.message))
         except Exception:
@@ -259,17 +291,20 @@ class JobManager:
         await self.hub.publish(job_id, "status", {"status": Status.RUNNING, "stage": Stage.EXTRACTING})
         _job_log(job, "extracting", "running", queued_s=_since(job.created_at, job.started_at), attempt=job.attempts)
         progress = _Progress(self, job_id, job.progress)
+        # A resumed job (after a restart, or on another node) never shows less done than before.
+        self._progress_floor[job_id] = job.progress
         try:
             await self._work(job, options, duration, progress)
         finally:
             progress.cancel()
+            self._progress_floor.pop(job_id, None)
 
     async def _work(self, job: JobRecord, options: JobOptions, duration: float, progress: _Progress) -> None:
         job_id = job.id
 
         pcm = self.files.audio_path(job_id)
         if not pcm.exists():
-            source = self.files.find_input(job_id)
+            source = await self.files.pull_input(job_id)
             if source is None:
                 raise JobFailure("input_missing", "The uploaded file is gone, so the job cannot run; upload it again.")
             try:
@@ -315,6 +350,7 @@ class JobManager:
         language = options.language or language or ("en" if not self.multilingual else None)
         transcript = transcript_to_dict(segments, language=language, duration_s=duration, scores=True)
         await anyio.to_thread.run_sync(atomic_write_json, self.files.transcript_path(job_id), transcript)
+        await self.files.push(job_id, self.files.transcript_path(job_id))
         await self._finish(job_id, "done", language=language, segments=len(segments), windows=windows)
         # The transcript holds the windows now; the PCM can be made again from the input.
         pcm.unlink(missing_ok=True)
@@ -360,6 +396,8 @@ class JobManager:
                 languages[stored["language"]] += stored.get("seconds", 0.0)
             resume = ResumePoint.after(stored)
             seq += 1
+        if seq:
+            await self._announce_missing(job_id, [d for i in range(seq) for d in saved[i]["segments"]])
         base = EXTRACT_SHARE
         counter = itertools.count(seq)
         # Media that fits one window may be encoded trimmed (see WindowRequest.short_media).
@@ -493,9 +531,26 @@ class JobManager:
             fraction = min(self._position(job_id) * SAMPLE_RATE / total_samples, 0.99)
             progress.report("transcribing", base + (1 - base) * fraction)
 
+    async def _announce_missing(self, job_id: str, stored: list[dict[str, Any]]) -> None:
+        """Announce the stored windows' segments that never made it to the event log.
+
+        A window is saved before its segments are announced; a process that died
+        in between (kill -9, a lost node) left some unannounced, and a client
+        following the job must still see every segment once.
+        """
+        seen: set[int] = set()
+        after = 0
+        while batch := await self.store.events_after(job_id, after):
+            seen.update(int(e.data["id"]) for e in batch if e.type == "segment" and "id" in e.data)
+            after = batch[-1].seq
+        for d in stored:
+            if int(d["id"]) not in seen:
+                await self.hub.publish(job_id, "segment", d)
+
     # ---- state changes -----------------------------------------------------
 
     async def _set_stage(self, job_id: str, stage: str, progress: float) -> None:
+        progress = max(progress, self._progress_floor.get(job_id, 0.0))
         await self.store.update_job(job_id, stage=stage, progress=progress)
         await self.hub.publish(job_id, "progress", {"stage": stage, "progress": round(progress, 4), "eta_seconds": self.eta_seconds(job_id)})
 
