@@ -33,15 +33,16 @@ from batching.whisper_runner import (
 
 log = logging.getLogger(__name__)
 
-# The batch size for batching.max_batch_size = 0, by device. On 2 CPU cores with
-# tiny.en int8 (bench/batching.py) the encoder took 0.21 s per window alone and
-# 0.26 s per window in batches of 8, so batching only helps the decoder there,
-# while a batch of 16 holds about 1 GB more memory and makes every window in it
-# wait for the slowest. On a GPU the encoder batches well, and bigger batches
-# are the point.
-CPU_BATCH_SIZE = 4
+# The batch size for batching.max_batch_size = 0, by device. On a CPU the encoder
+# costs as much or more per window in a batch (tiny.en int8, 2 cores: 0.21 s
+# alone, 0.26 s in batches of 8), so it runs one window at a time
+# (CPU_ENCODE_BATCH) and only the decoder sees the batch, which is where batching
+# pays there: 16 jobs at once ran 1.14x / 1.24x / 1.47x faster than one window at
+# a time with batches of 4 / 8 / 16 (bench/batching.py, README). Encoding one
+# window at a time also keeps a big batch's memory small. On a GPU the encoder
+# batches well, and bigger batches are the point.
+CPU_BATCH_SIZE = 16
 CUDA_BATCH_SIZE = 16
-# Windows per encoder call on a CPU (bench/batching.py, encode-batch sweep).
 CPU_ENCODE_BATCH = 1
 
 
