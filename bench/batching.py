@@ -1,6 +1,6 @@
 """How much continuous batching buys: audio-seconds per wall-second for N concurrent jobs.
 
-    .venv/bin/python bench/batching.py [--model DIR] [--n 1,4,16,64] [--max-batch-size 8]
+    .venv/bin/python bench/batching.py [--model DIR] [--n 1,4,16,64] [--max-batch-size 16] [--steps] [--repeat 2]
 
 Modes (greedy, beam 1, unless said otherwise), VAD off everywhere, one model instance, int8:
 
@@ -386,7 +386,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="CTranslate2 model folder or name")
     ap.add_argument("--n", default="1,4,16,64", help="comma-separated job counts")
-    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-size", type=int, default=16, help="as the server on CPU and GPU (default 16)")
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--prepare-threads", type=int, default=1)
