@@ -81,6 +81,11 @@ MIGRATIONS: tuple[str, ...] = (
         job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
         result TEXT NOT NULL, epoch BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (job_id, idx));
     """,
+    """
+    -- the API keys of every node (the record as JSON: salted hash, limits)
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, record TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Any one node migrates; the others wait on this advisory lock.
@@ -466,6 +471,33 @@ class PgJobStore:
             raise KeyError(job_id)
         left = rows[0][2]
         return rows[0][0], int(rows[0][1]), None if left is None else float(left)
+
+    # ------------------------------------------------------------ API keys
+
+    async def add_key(self, key_id: str, name: str, record: dict[str, Any]) -> None:
+        """Store a key's record (its salted hash and limits, never the key); KeyNameExists if the name is taken."""
+        try:
+            await self._fetch(
+                "INSERT INTO api_keys (id, name, record, created_at) VALUES ($1, $2, $3, $4)", key_id, name, _dumps(record), self._clock()
+            )
+        except asyncpg.UniqueViolationError:
+            raise KeyNameExists(name) from None
+
+    async def get_key(self, key_id: str) -> dict[str, Any] | None:
+        rows = await self._fetch("SELECT record FROM api_keys WHERE id = $1", key_id)
+        return json.loads(rows[0][0]) if rows else None
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in await self._fetch("SELECT record FROM api_keys ORDER BY created_at, name")]
+
+    async def remove_key(self, name: str) -> bool:
+        """Remove the key named ``name``; False if there is none."""
+        rows = await self._fetch("DELETE FROM api_keys WHERE name = $1 RETURNING id", name)
+        return bool(rows)
+
+
+class KeyNameExists(Exception):
+    """An API key with this name exists already."""
 
 
 class PgListener:

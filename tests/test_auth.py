@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import asdict
+from typing import Any, Callable
 
 import pytest
 
@@ -19,6 +20,7 @@ from app.__main__ import check_auth
 from app.api.auth import KeyStore, is_loopback, load_keys, new_key, save_keys, split_key, unauthenticated_remote_problem
 from app.config import load_config
 from app.api.ratelimit import RateLimiter
+from storage.claims import StoreUnavailable
 from tests.conftest import REPO, LiveServer, add_keys, bearer
 from tests.media import speak
 
@@ -102,6 +104,51 @@ async def test_verification_is_cached_and_removal_is_immediate(tmp_path: Path, m
     save_keys(path, [])
     clock.t += 2
     assert await store.verify(key) is None
+
+
+class FakeKeyTable:
+    """A cluster's key table in memory, counting lookups; ``down`` makes it unreachable."""
+
+    def __init__(self, keys: list[auth.ApiKey]) -> None:
+        self.rows = {k.id: asdict(k) for k in keys}
+        self.lookups = 0
+        self.down = False
+
+    async def get_key(self, key_id: str) -> dict[str, Any] | None:
+        self.lookups += 1
+        if self.down:
+            raise StoreUnavailable("database", "connection refused")
+        return self.rows.get(key_id)
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return list(self.rows.values())
+
+
+async def test_keys_from_a_table_are_cached_for_the_ttl_and_dropped_when_removed() -> None:
+    clock = FakeClock()
+    record, key = new_key("alice", [])
+    table = FakeKeyTable([record])
+    store = KeyStore(None, cache_ttl_s=5, clock=clock)
+    await store.attach(table)
+    assert len(store) == 1 and store.get(record.id) is not None
+    assert await store.verify(key) is not None and table.lookups == 1
+    assert await store.verify(key) is not None and table.lookups == 1, "a cache hit asks nobody"
+    assert await store.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None, "a wrong secret"
+    table.down = True
+    assert await store.verify(key) is not None, "a cached key works while the database is away"
+    clock.t += 6
+    with pytest.raises(StoreUnavailable):
+        await store.verify(key)  # the middleware answers 503
+    table.down = False
+    del table.rows[record.id]
+    assert await store.verify(key) is None and store.get(record.id) is None
+    # a key removed elsewhere is also dropped from the cache by the periodic re-read
+    other, other_key = new_key("bob", [])
+    table.rows[other.id] = asdict(other)
+    assert await store.verify(other_key) is not None
+    del table.rows[other.id]
+    await store.refresh()
+    assert await store.verify(other_key) is None
 
 
 def test_rate_limiter_token_bucket() -> None:
