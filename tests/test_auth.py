@@ -123,6 +123,9 @@ class FakeKeyTable:
     async def list_keys(self) -> list[dict[str, Any]]:
         return list(self.rows.values())
 
+    async def take_token(self, bucket: str, *, burst: float, per_s: float) -> float:
+        return 0.0
+
 
 async def test_keys_from_a_table_are_cached_for_the_ttl_and_dropped_when_removed() -> None:
     clock = FakeClock()
@@ -149,6 +152,44 @@ async def test_keys_from_a_table_are_cached_for_the_ttl_and_dropped_when_removed
     del table.rows[other.id]
     await store.refresh()
     assert await store.verify(other_key) is None
+
+
+async def test_a_cluster_node_without_its_database_answers_503_or_limits_on_its_own() -> None:
+    import httpx
+
+    record, key = new_key("alice", [])
+    table = FakeKeyTable([record])
+    taken: list[str] = []
+
+    async def take_token(bucket: str, *, burst: float, per_s: float) -> float:
+        taken.append(bucket)
+        if table.down:
+            raise StoreUnavailable("database", "connection refused")
+        return 0.0
+
+    table.take_token = take_token  # type: ignore[method-assign]
+    store = KeyStore(None, cache_ttl_s=60)
+    await store.attach(table)
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    cfg = load_config(environ={}, overrides={"auth.enabled": True, "auth.rate_limit_per_minute": 6, "auth.rate_limit_burst": 2})
+    app = auth.AuthMiddleware(ok, cfg=cfg, keys=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as client:
+        # the shared bucket decides while the database answers: never this node's own
+        assert [(await client.get("/v1/jobs", headers=bearer(key))).status_code for _ in range(4)] == [200] * 4
+        assert taken == [record.id] * 4
+        # away: the cached key still works, limited by this node's own bucket (burst 2)
+        table.down = True
+        codes = [(await client.get("/v1/jobs", headers=bearer(key))).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        # a key not seen before cannot be checked: 503 with Retry-After, not 401
+        other, other_key = new_key("bob", [])
+        table.rows[other.id] = asdict(other)
+        resp = await client.get("/v1/jobs", headers=bearer(other_key))
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "store_unavailable" and resp.headers["Retry-After"]
 
 
 def test_rate_limiter_token_bucket() -> None:

@@ -18,7 +18,9 @@ looked up there on a cache miss, and a successful check is remembered for
 ``auth.cache_ttl_s`` as above, so a key removed on any node stops working on
 every node within that time. The node also re-reads the whole table every
 ``auth.cache_ttl_s`` (at least once a second, at most every 10 s) for the
-per-key limits of jobs it claims for keys it has not seen a request of.
+per-key limits of jobs it claims for keys it has not seen a request of. The
+per-key request rate is then one token bucket per key in the database
+(KeyTable.take_token), falling back to the node's own while it is away.
 """
 
 from __future__ import annotations
@@ -195,11 +197,13 @@ def key_from_record(raw: Any) -> ApiKey:
 
 
 class KeyTable(Protocol):
-    """The cluster's shared key records (storage.pg_store.PgJobStore implements it)."""
+    """The cluster's shared key records and rate buckets (storage.pg_store.PgJobStore implements it)."""
 
     async def get_key(self, key_id: str) -> dict[str, Any] | None: ...
 
     async def list_keys(self) -> list[dict[str, Any]]: ...
+
+    async def take_token(self, bucket: str, *, burst: float, per_s: float) -> float: ...
 
 
 def load_keys(path: Path) -> list[ApiKey]:
@@ -495,7 +499,7 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         state["owner"] = key.id
         state["key_name"] = key.name
-        wait = self.limiter.take(key.id, rate_per_minute=key.rate_per_minute)
+        wait = await self._take(key)
         if wait > 0:
             retry = max(1, math.ceil(wait))
             log.info("key %s is over its request rate", key.name)
@@ -529,6 +533,18 @@ class AuthMiddleware:
                     del self.streams[key.id]
             return
         await self.app(scope, receive, send)
+
+    async def _take(self, key: ApiKey) -> float:
+        """A token of the key's request rate: from the cluster's shared bucket, else (or while the
+        database is away) from this node's own."""
+        table = self.keys.table if self.keys is not None else None
+        rate = self.limiter.rate_per_minute if key.rate_per_minute is None else key.rate_per_minute
+        if table is not None and rate > 0:
+            try:
+                return await table.take_token(key.id, burst=self.limiter.burst, per_s=rate / 60.0)
+            except StoreUnavailable as exc:
+                log.debug("shared rate limit unavailable (%s); this node's own applies", exc)
+        return self.limiter.take(key.id, rate_per_minute=key.rate_per_minute)
 
     @staticmethod
     async def _refuse(exc: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
