@@ -44,7 +44,7 @@ def check_auth(cfg: Config) -> str | None:
     problem = unauthenticated_remote_problem(cfg)
     if problem is not None:
         return problem
-    if cfg.auth.enabled:
+    if cfg.auth.enabled and not cfg.clustered:  # a cluster's keys are in its database, read when the app connects
         try:
             keys = KeyStore(keys_path(cfg))
         except KeysFileError as exc:

@@ -72,7 +72,9 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
     metrics = Metrics(lag=LoopLagMonitor())  # this app's own registry, not the global one
     # Read now, so a malformed keys file fails at start, not on the first request.
     failures = AuthFailureLimiter(cfg.auth.failures_per_minute, cfg.auth.failure_burst)
-    keys = KeyStore(keys_path(cfg), cache_ttl_s=cfg.auth.cache_ttl_s, failures=failures) if cfg.auth.enabled else None
+    # In a cluster the keys are rows of the shared database, read once it is open (below).
+    keys_file = None if cfg.clustered else keys_path(cfg)
+    keys = KeyStore(keys_file, cache_ttl_s=cfg.auth.cache_ttl_s, failures=failures) if cfg.auth.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -120,6 +122,13 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         holder["state"] = state
         node: ClusterNode | None = None
         listener_task: asyncio.Task[None] | None = None
+        keys_task: asyncio.Task[None] | None = None
+        if cfg.clustered and keys is not None:
+            from storage.pg_store import PgJobStore
+
+            assert isinstance(store, PgJobStore)
+            await keys.attach(store)
+            keys_task = asyncio.create_task(keys.follow(), name="api-keys")
         if cfg.clustered:
             # The shared tables belong to every node: no node re-queues or drops what
             # others hold; jobs of dead nodes are claimed when their leases run out.
@@ -137,9 +146,11 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
             yield
         finally:
             begin_drain(app)
-            sweeper_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper_task
+            for task in (sweeper_task, keys_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await exports.stop()
             if node is not None:
                 await node.stop()

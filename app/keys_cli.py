@@ -1,20 +1,25 @@
-"""``python -m app keys add|list|remove``: manage the API keys file.
+"""``python -m app keys add|list|remove``: manage the API keys file, or a cluster's key table.
 
 The new key is printed once, on stdout, and nowhere else; the file keeps only
 a salted hash. A running server picks up the change within a second or two.
+With a ``postgresql://`` store.url the keys are rows of that database instead,
+shared by every node; a removed key stops working on every node within
+``auth.cache_ttl_s``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import fcntl
 import json
 import sys
 from pathlib import Path
-from typing import Iterator
+from dataclasses import asdict
+from typing import Awaitable, Callable, Iterator
 
-from app.api.auth import ApiKey, KeysFileError, keys_path, load_keys, new_key, save_keys
+from app.api.auth import ApiKey, KeysFileError, key_from_record, keys_path, load_keys, new_key, save_keys
 from app.config import Config, ConfigError, load_config
 
 
@@ -46,6 +51,10 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
+Add = Callable[[ApiKey], Awaitable[None]]
+Remove = Callable[[str], Awaitable[bool]]
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides={"storage.data_dir": args.data_dir, "auth.keys_file": args.keys_file})
@@ -53,16 +62,58 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"altyazi: {exc}", file=sys.stderr)
         return 2
+    if cfg.clustered:
+        return asyncio.run(_run_on_database(args, cfg))
     with _locked(path):
         try:
             keys = load_keys(path)
         except KeysFileError as exc:
             print(f"altyazi: {exc}", file=sys.stderr)
             return 2
-        return _run(args, cfg, path, keys)
+
+        async def add(record: ApiKey) -> None:
+            save_keys(path, [*keys, record])
+
+        async def remove(name: str) -> bool:
+            kept = [k for k in keys if k.name != name]
+            if len(kept) == len(keys):
+                return False
+            save_keys(path, kept)
+            return True
+
+        return asyncio.run(_run(args, cfg, str(path), keys, add, remove))
 
 
-def _run(args: argparse.Namespace, cfg: Config, path: Path, keys: list[ApiKey]) -> int:
+async def _run_on_database(args: argparse.Namespace, cfg: Config) -> int:
+    """The same commands on the cluster's key table (created with the schema if need be)."""
+    from storage.claims import StoreUnavailable
+    from storage.pg_store import KeyNameExists, PgJobStore
+
+    where = "the cluster's database"
+    try:
+        store = await PgJobStore.open(cfg.store.url, max_connections=1)
+    except StoreUnavailable as exc:
+        print(f"altyazi: cannot reach {where}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        keys = [key_from_record(raw) for raw in await store.list_keys()]
+
+        async def add(record: ApiKey) -> None:
+            await store.add_key(record.id, record.name, asdict(record))
+
+        try:
+            return await _run(args, cfg, where, keys, add, store.remove_key)
+        except KeyNameExists as exc:  # added by somebody else since the list was read
+            print(f"altyazi: a key named {str(exc)!r} already exists; remove it first or pick another name", file=sys.stderr)
+            return 2
+    except StoreUnavailable as exc:
+        print(f"altyazi: cannot reach {where}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await store.close()
+
+
+async def _run(args: argparse.Namespace, cfg: Config, where: str, keys: list[ApiKey], add: Add, remove: Remove) -> int:
     if args.keys_command == "add":
         try:
             record, key = new_key(
@@ -76,10 +127,10 @@ def _run(args: argparse.Namespace, cfg: Config, path: Path, keys: list[ApiKey]) 
         except ValueError as exc:
             print(f"altyazi: {exc}", file=sys.stderr)
             return 2
-        save_keys(path, [*keys, record])
+        await add(record)
         print(key)
         print(
-            f"key {record.name!r} (id {record.id}) added to {path}; this is the only time the key is shown.",
+            f"key {record.name!r} (id {record.id}) added to {where}; this is the only time the key is shown.",
             file=sys.stderr,
         )
         if not cfg.auth.enabled:
@@ -90,7 +141,7 @@ def _run(args: argparse.Namespace, cfg: Config, path: Path, keys: list[ApiKey]) 
             print(json.dumps([k.public() for k in keys], indent=2))
             return 0
         if not keys:
-            print(f"no keys in {path}; create one with: python -m app keys add NAME", file=sys.stderr)
+            print(f"no keys in {where}; create one with: python -m app keys add NAME", file=sys.stderr)
             return 0
         for k in keys:
             limits = ", ".join(
@@ -107,11 +158,9 @@ def _run(args: argparse.Namespace, cfg: Config, path: Path, keys: list[ApiKey]) 
             print(f"{k.name}\t{k.id}\t{k.created_at}\t{limits or 'server defaults'}")
         return 0
     if args.keys_command == "remove":
-        kept = [k for k in keys if k.name != args.name]
-        if len(kept) == len(keys):
-            print(f"altyazi: no key named {args.name!r} in {path}", file=sys.stderr)
+        if not await remove(args.name):
+            print(f"altyazi: no key named {args.name!r} in {where}", file=sys.stderr)
             return 1
-        save_keys(path, kept)
         print(f"key {args.name!r} removed", file=sys.stderr)
         return 0
     return 2

@@ -81,6 +81,16 @@ MIGRATIONS: tuple[str, ...] = (
         job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
         result TEXT NOT NULL, epoch BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (job_id, idx));
     """,
+    """
+    -- the API keys of every node (the record as JSON: salted hash, limits)
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, record TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+    """,
+    """
+    -- a token bucket per key for the request rate limit, on the database clock
+    CREATE TABLE rate_buckets (
+        bucket TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, updated TIMESTAMPTZ NOT NULL, ok BOOLEAN NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Any one node migrates; the others wait on this advisory lock.
@@ -466,6 +476,56 @@ class PgJobStore:
             raise KeyError(job_id)
         left = rows[0][2]
         return rows[0][0], int(rows[0][1]), None if left is None else float(left)
+
+    # ------------------------------------------------------------ API keys and rate limits
+
+    async def add_key(self, key_id: str, name: str, record: dict[str, Any]) -> None:
+        """Store a key's record (its salted hash and limits, never the key); KeyNameExists if the name is taken."""
+        try:
+            await self._fetch(
+                "INSERT INTO api_keys (id, name, record, created_at) VALUES ($1, $2, $3, $4)", key_id, name, _dumps(record), self._clock()
+            )
+        except asyncpg.UniqueViolationError:
+            raise KeyNameExists(name) from None
+
+    async def get_key(self, key_id: str) -> dict[str, Any] | None:
+        rows = await self._fetch("SELECT record FROM api_keys WHERE id = $1", key_id)
+        return json.loads(rows[0][0]) if rows else None
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in await self._fetch("SELECT record FROM api_keys ORDER BY created_at, name")]
+
+    async def remove_key(self, name: str) -> bool:
+        """Remove the key named ``name``; False if there is none."""
+        rows = await self._fetch("DELETE FROM api_keys WHERE name = $1 RETURNING id", name)
+        if rows:
+            await self._fetch("DELETE FROM rate_buckets WHERE bucket = $1", rows[0][0])
+        return bool(rows)
+
+    async def take_token(self, bucket: str, *, burst: float, per_s: float) -> float:
+        """Take one token from the shared bucket ``bucket``: 0.0 when allowed, else seconds until a token is due.
+
+        One statement: the row is created full, or refilled for the time since
+        its last use by the database's clock (never backwards, so concurrent
+        takes on several nodes serialise on the row lock and count once each),
+        and one token taken if there is one.
+        """
+        refilled = "LEAST($2::float8, b.tokens + GREATEST(0, EXTRACT(EPOCH FROM now() - b.updated)::float8) * $3::float8)"
+        rows = await self._fetch(
+            f"""INSERT INTO rate_buckets AS b (bucket, tokens, updated, ok) VALUES ($1, $2::float8 - 1, now(), true)
+            ON CONFLICT (bucket) DO UPDATE SET
+                ok = {refilled} >= 1,
+                tokens = CASE WHEN {refilled} >= 1 THEN {refilled} - 1 ELSE {refilled} END,
+                updated = GREATEST(b.updated, now())
+            RETURNING ok, tokens""",
+            bucket, float(burst), float(per_s),
+        )  # fmt: skip
+        ok, tokens = rows[0]
+        return 0.0 if ok else (1.0 - float(tokens)) / per_s
+
+
+class KeyNameExists(Exception):
+    """An API key with this name exists already."""
 
 
 class PgListener:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import asdict
+from typing import Any, Callable
 
 import pytest
 
@@ -19,6 +20,7 @@ from app.__main__ import check_auth
 from app.api.auth import KeyStore, is_loopback, load_keys, new_key, save_keys, split_key, unauthenticated_remote_problem
 from app.config import load_config
 from app.api.ratelimit import RateLimiter
+from storage.claims import StoreUnavailable
 from tests.conftest import REPO, LiveServer, add_keys, bearer
 from tests.media import speak
 
@@ -102,6 +104,92 @@ async def test_verification_is_cached_and_removal_is_immediate(tmp_path: Path, m
     save_keys(path, [])
     clock.t += 2
     assert await store.verify(key) is None
+
+
+class FakeKeyTable:
+    """A cluster's key table in memory, counting lookups; ``down`` makes it unreachable."""
+
+    def __init__(self, keys: list[auth.ApiKey]) -> None:
+        self.rows = {k.id: asdict(k) for k in keys}
+        self.lookups = 0
+        self.down = False
+
+    async def get_key(self, key_id: str) -> dict[str, Any] | None:
+        self.lookups += 1
+        if self.down:
+            raise StoreUnavailable("database", "connection refused")
+        return self.rows.get(key_id)
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return list(self.rows.values())
+
+    async def take_token(self, bucket: str, *, burst: float, per_s: float) -> float:
+        return 0.0
+
+
+async def test_keys_from_a_table_are_cached_for_the_ttl_and_dropped_when_removed() -> None:
+    clock = FakeClock()
+    record, key = new_key("alice", [])
+    table = FakeKeyTable([record])
+    store = KeyStore(None, cache_ttl_s=5, clock=clock)
+    await store.attach(table)
+    assert len(store) == 1 and store.get(record.id) is not None
+    assert await store.verify(key) is not None and table.lookups == 1
+    assert await store.verify(key) is not None and table.lookups == 1, "a cache hit asks nobody"
+    assert await store.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None, "a wrong secret"
+    table.down = True
+    assert await store.verify(key) is not None, "a cached key works while the database is away"
+    clock.t += 6
+    with pytest.raises(StoreUnavailable):
+        await store.verify(key)  # the middleware answers 503
+    table.down = False
+    del table.rows[record.id]
+    assert await store.verify(key) is None and store.get(record.id) is None
+    # a key removed elsewhere is also dropped from the cache by the periodic re-read
+    other, other_key = new_key("bob", [])
+    table.rows[other.id] = asdict(other)
+    assert await store.verify(other_key) is not None
+    del table.rows[other.id]
+    await store.refresh()
+    assert await store.verify(other_key) is None
+
+
+async def test_a_cluster_node_without_its_database_answers_503_or_limits_on_its_own() -> None:
+    import httpx
+
+    record, key = new_key("alice", [])
+    table = FakeKeyTable([record])
+    taken: list[str] = []
+
+    async def take_token(bucket: str, *, burst: float, per_s: float) -> float:
+        taken.append(bucket)
+        if table.down:
+            raise StoreUnavailable("database", "connection refused")
+        return 0.0
+
+    table.take_token = take_token  # type: ignore[method-assign]
+    store = KeyStore(None, cache_ttl_s=60)
+    await store.attach(table)
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    cfg = load_config(environ={}, overrides={"auth.enabled": True, "auth.rate_limit_per_minute": 6, "auth.rate_limit_burst": 2})
+    app = auth.AuthMiddleware(ok, cfg=cfg, keys=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as client:
+        # the shared bucket decides while the database answers: never this node's own
+        assert [(await client.get("/v1/jobs", headers=bearer(key))).status_code for _ in range(4)] == [200] * 4
+        assert taken == [record.id] * 4
+        # away: the cached key still works, limited by this node's own bucket (burst 2)
+        table.down = True
+        codes = [(await client.get("/v1/jobs", headers=bearer(key))).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        # a key not seen before cannot be checked: 503 with Retry-After, not 401
+        other, other_key = new_key("bob", [])
+        table.rows[other.id] = asdict(other)
+        resp = await client.get("/v1/jobs", headers=bearer(other_key))
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "store_unavailable" and resp.headers["Retry-After"]
 
 
 def test_rate_limiter_token_bucket() -> None:

@@ -11,10 +11,21 @@ cannot block the event loop or starve the CPUs.
 
 The keys file is JSON, written atomically with mode 0600, and re-read when it
 changes on disk, so ``python -m app keys add`` works on a running server.
+
+In a cluster (``store.url = postgresql://…``) the keys are rows of the shared
+database instead (a KeyTable), so every node sees the same keys: a key is
+looked up there on a cache miss, and a successful check is remembered for
+``auth.cache_ttl_s`` as above, so a key removed on any node stops working on
+every node within that time. The node also re-reads the whole table every
+``auth.cache_ttl_s`` (at least once a second, at most every 10 s) for the
+per-key limits of jobs it claims for keys it has not seen a request of. The
+per-key request rate is then one token bucket per key in the database
+(KeyTable.take_token), falling back to the node's own while it is away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -27,14 +38,15 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any, Awaitable, Callable, MutableMapping, Protocol
 
 import anyio
 
 from app.api.authlimit import AuthFailureLimiter
 from app.config import Config
-from app.api.errors import ApiError, error_response
+from app.api.errors import ApiError, error_response, unexpected
 from app.api.ratelimit import RateLimiter
+from storage.claims import StoreUnavailable
 from storage.files import atomic_write_text
 
 log = logging.getLogger("altyazi.auth")
@@ -173,6 +185,27 @@ def keys_path(cfg: Config) -> Path:
     return Path(cfg.auth.keys_file) if cfg.auth.keys_file else Path(cfg.storage.data_dir) / "keys.json"
 
 
+def key_from_record(raw: Any) -> ApiKey:
+    """A key record as stored (JSON); unknown fields are ignored. ValueError or TypeError if malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError("each key must be an object")
+    names = {f.name for f in fields(ApiKey)}
+    key = ApiKey(**{k: v for k, v in raw.items() if k in names})
+    if not ID_RE.match(str(key.id)):
+        raise ValueError(f"key {key.name!r} has a malformed id")
+    return key
+
+
+class KeyTable(Protocol):
+    """The cluster's shared key records and rate buckets (storage.pg_store.PgJobStore implements it)."""
+
+    async def get_key(self, key_id: str) -> dict[str, Any] | None: ...
+
+    async def list_keys(self) -> list[dict[str, Any]]: ...
+
+    async def take_token(self, bucket: str, *, burst: float, per_s: float) -> float: ...
+
+
 def load_keys(path: Path) -> list[ApiKey]:
     """The keys in the file; a missing file is no keys."""
     try:
@@ -185,15 +218,7 @@ def load_keys(path: Path) -> list[ApiKey]:
         data = json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("expected an object with a \"keys\" list")
-        names = {f.name for f in fields(ApiKey)}
-        keys = []
-        for raw in data["keys"]:
-            if not isinstance(raw, dict):
-                raise ValueError("each key must be an object")
-            keys.append(ApiKey(**{k: v for k, v in raw.items() if k in names}))
-        for k in keys:
-            if not ID_RE.match(str(k.id)):
-                raise ValueError(f"key {k.name!r} has a malformed id")
+        keys = [key_from_record(raw) for raw in data["keys"]]
     except (ValueError, TypeError) as exc:
         raise KeysFileError(f"keys file {str(path)!r} is malformed: {exc}") from None
     return keys
@@ -207,24 +232,25 @@ def save_keys(path: Path, keys: list[ApiKey]) -> None:
 
 
 class KeyStore:
-    """The server's view of the keys file: lookup by id, verification with a short cache."""
+    """The server's view of the keys file (or, in a cluster, the key table): lookup by id, verification with a short cache."""
 
     def __init__(
         self,
-        path: Path,
+        path: Path | None,
         *,
         cache_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         failures: AuthFailureLimiter | None = None,
     ) -> None:
-        self.path = path
+        self.path = path  # None in a cluster: the keys come from ``table`` (see attach)
+        self.table: KeyTable | None = None
         self.cache_ttl_s = cache_ttl_s
         self.failures = failures
         self._clock = clock
         self._by_id: dict[str, ApiKey] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = -math.inf
-        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache: dict[bytes, tuple[ApiKey, float]] = {}
         self._limiter: anyio.CapacityLimiter | None = None
         self.reload()
 
@@ -234,8 +260,37 @@ class KeyStore:
     def get(self, key_id: str) -> ApiKey | None:
         return self._by_id.get(key_id)
 
+    async def attach(self, table: KeyTable) -> None:
+        """Take the keys from the cluster's table from now on; reads it once (StoreUnavailable if it cannot)."""
+        self.table = table
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read every key of the table; a key gone from it is dropped from the cache at once."""
+        assert self.table is not None
+        keys = []
+        for raw in await self.table.list_keys():
+            try:
+                keys.append(key_from_record(raw))
+            except (ValueError, TypeError) as exc:
+                log.error("a key record in the database is malformed (%s); skipped", exc)
+        self._by_id = {k.id: k for k in keys}
+        for digest in [d for d, (k, _) in self._cache.items() if k.id not in self._by_id]:
+            del self._cache[digest]
+
+    async def follow(self) -> None:
+        """Re-read the table every ``cache_ttl_s`` (1-10 s) until cancelled; a database away keeps the keys read before."""
+        while True:
+            await asyncio.sleep(min(10.0, max(1.0, self.cache_ttl_s)))
+            try:
+                await self.refresh()
+            except StoreUnavailable as exc:
+                log.warning("cannot re-read the API keys (%s); keeping the %d read before", exc, len(self._by_id))
+
     def reload(self) -> None:
         """Read the file now; raises KeysFileError on a bad file."""
+        if self.path is None:
+            return
         try:
             st = os.stat(self.path)
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
@@ -249,7 +304,7 @@ class KeyStore:
     def maybe_reload(self) -> None:
         """Re-read the file if it changed; checked at most once a second. A bad edit keeps the old keys."""
         now = self._clock()
-        if now - self._checked < RELOAD_CHECK_S:
+        if self.path is None or now - self._checked < RELOAD_CHECK_S:
             return
         self._checked = now
         try:
@@ -278,14 +333,19 @@ class KeyStore:
         parts = split_key(token)
         if parts is None:
             return None
-        key = self._by_id.get(parts[0])
-        if key is None:
-            return None  # unknown id: no hashing at all
         digest = hashlib.sha256(token.encode("utf-8")).digest()
         now = self._clock()
         hit = self._cache.get(digest)
-        if hit is not None and hit[0] == key.id and hit[1] > now:
-            return key
+        if self.table is not None:
+            if hit is not None and hit[0].id == parts[0] and hit[1] > now:
+                return hit[0]
+            key = await self._fetch(parts[0])  # StoreUnavailable: the middleware answers 503
+        else:
+            key = self._by_id.get(parts[0])
+            if key is not None and hit is not None and hit[0].id == key.id and hit[1] > now:
+                return key
+        if key is None:
+            return None  # unknown id: no hashing at all
         if self.failures is not None:
             wait = self.failures.take(key.id, client)
             if wait > 0:
@@ -299,8 +359,24 @@ class KeyStore:
             self.failures.give_back(key.id, client)
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
-        self._cache[digest] = (key.id, now + self.cache_ttl_s)
+        self._cache[digest] = (key, now + self.cache_ttl_s)
         return self._by_id.get(key.id)  # None if the key was removed while hashing
+
+    async def _fetch(self, key_id: str) -> ApiKey | None:
+        """The key's current record in the table (remembered for get()), or None."""
+        assert self.table is not None
+        raw = await self.table.get_key(key_id)
+        key = None
+        if raw is not None:
+            try:
+                key = key_from_record(raw)
+            except (ValueError, TypeError) as exc:
+                log.error("the record of key %s in the database is malformed (%s)", key_id, exc)
+        if key is None:
+            self._by_id.pop(key_id, None)
+        else:
+            self._by_id[key.id] = key
+        return key
 
 
 # ---- binding safety -------------------------------------------------------------
@@ -413,13 +489,17 @@ class AuthMiddleware:
                 scope, receive, send,
             )
             return
+        except StoreUnavailable as exc:  # a cluster's key table is away (a failover, a restart)
+            log.warning("cannot check an API key: %s", exc)
+            await self._refuse(unexpected(exc), scope, receive, send)
+            return
         if key is None:
             await self._refuse(unauthorized("The API key is not valid (mistyped, or removed); ask the server's operator for a key.", invalid=True), scope, receive, send)
             return
         state = scope.setdefault("state", {})
         state["owner"] = key.id
         state["key_name"] = key.name
-        wait = self.limiter.take(key.id, rate_per_minute=key.rate_per_minute)
+        wait = await self._take(key)
         if wait > 0:
             retry = max(1, math.ceil(wait))
             log.info("key %s is over its request rate", key.name)
@@ -453,6 +533,18 @@ class AuthMiddleware:
                     del self.streams[key.id]
             return
         await self.app(scope, receive, send)
+
+    async def _take(self, key: ApiKey) -> float:
+        """A token of the key's request rate: from the cluster's shared bucket, else (or while the
+        database is away) from this node's own."""
+        table = self.keys.table if self.keys is not None else None
+        rate = self.limiter.rate_per_minute if key.rate_per_minute is None else key.rate_per_minute
+        if table is not None and rate > 0:
+            try:
+                return await table.take_token(key.id, burst=self.limiter.burst, per_s=rate / 60.0)
+            except StoreUnavailable as exc:
+                log.debug("shared rate limit unavailable (%s); this node's own applies", exc)
+        return self.limiter.take(key.id, rate_per_minute=key.rate_per_minute)
 
     @staticmethod
     async def _refuse(exc: ApiError, scope: Scope, receive: Receive, send: Send) -> None:

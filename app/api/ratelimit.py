@@ -5,6 +5,9 @@ Each key's bucket holds up to ``burst`` tokens and refills at ``rate_per_minute
 until the next token, which becomes the ``Retry-After`` of the 429. Buckets
 that have refilled completely carry no information and are dropped, so memory
 follows the keys active in the last minute or so, not every key ever seen.
+A cluster takes the tokens from one bucket per key in its database instead
+(storage.pg_store.PgJobStore.take_token, called by app/api/auth.py) and uses
+these only while the database cannot be reached.
 """
 
 from __future__ import annotations
