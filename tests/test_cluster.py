@@ -116,6 +116,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {f"short{i}": speak(text, d / f"short{i}.wav") for i, text in enumerate(SENTENCES)}
     # long enough for several windows, so a job can be caught mid-way
     out["long"] = make_long_speech(d / "long.wav", 36, SENTENCES, pause_s=0.8)
+    # for the cancel test: long enough that it is still running when the cancel lands
+    out["longer"] = make_long_speech(d / "longer.wav", 150, SENTENCES, pause_s=0.8)
     return out
 
 
@@ -220,9 +222,11 @@ def test_twenty_jobs_over_two_nodes_match_a_single_box(cluster: Cluster, clips: 
     assert {texts[job_id] == expected[name] for job_id, name in zip(ids, names)} == {True}
 
 
-def _running_long_job(cluster: Cluster, clips: dict[str, Path], via: ServerProcess) -> tuple[str, str, Follower]:
+def _running_long_job(
+    cluster: Cluster, clips: dict[str, Path], via: ServerProcess, clip: str = "long"
+) -> tuple[str, str, Follower]:
     """A long job that has announced its first window: (id, owner node, a follower on another node)."""
-    resp = submit(via, clips["long"])
+    resp = submit(via, clips[clip])
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
     owner, _ = cluster.owner_of(job_id)
@@ -281,7 +285,7 @@ def test_a_node_paused_past_its_lease_is_fenced_and_drops_the_job(cluster: Clust
 
 def test_cancel_on_one_node_stops_the_work_on_its_owner(cluster: Cluster, clips: dict[str, Path]) -> None:
     cluster.node("a"), cluster.node("b")
-    job_id, owner, follower = _running_long_job(cluster, clips, cluster.node("b"))
+    job_id, owner, follower = _running_long_job(cluster, clips, cluster.node("b"), clip="longer")
     other = follower.node
     t0 = time.monotonic()
     with other.client() as client:
