@@ -23,8 +23,8 @@ every step's gain (and its word error rate) is measured in the same run:
   old      the whole batch through the encoder at once, every window padded to
            30 s, no encoder cache (the engine before these steps)
   enc      encode small, decode big: encoder sub-batches of --encode-batch
-  cache    + a fallback keeps its encoder output
-  trim     + clips of up to 20 s encoded trimmed (10/15/20 s buckets): the defaults
+  cache    + a fallback keeps its encoder output: the defaults
+  trim     + clips of up to 20 s encoded trimmed (10/15/20 s buckets; model.trim_short_windows, off by default)
 
 WER is over the clips that have a reference (recorded clips and espeak-ng
 sentences), counted per job, so N jobs weigh the clips as they were looped.
@@ -447,8 +447,8 @@ def main() -> None:
                             set_step(runner, step, args.encode_batch, args.max_batch_size)
                             wall, done, tx = mode_c(engine_args, jobs)
                             keep(row, texts, f"c:{step[0]}", wall, done, tx, jobs, audio_s, dict(LAST_STATS))
-                        continue  # the last step is the defaults: it is also "c"
-                    set_step(runner, STEPS[-1], args.encode_batch, args.max_batch_size)
+                        continue  # the "cache" step is the defaults: it is also "c"
+                    set_step(runner, STEPS[2], args.encode_batch, args.max_batch_size)
                     stats = None
                     if mode == "a":
                         wall, done, tx = mode_a(runner, jobs)
@@ -465,8 +465,8 @@ def main() -> None:
                     else:
                         wall, done, tx = mode_d(runner, jobs, args.max_batch_size), [], []
                     keep(row, texts, mode, wall, done, tx, jobs, audio_s, stats)
-            if args.steps and "c:trim" in row:
-                row["c"], texts["c"] = row["c:trim"], texts["c:trim"]
+            if args.steps and "c:cache" in row:
+                row["c"], texts["c"] = row["c:cache"], texts["c:cache"]
             if "c" in row and "1" in row:
                 row["c/1"] = row["c"]["speed"] / row["1"]["speed"]
             for step in STEPS[1:] if args.steps else []:
