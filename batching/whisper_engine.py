@@ -144,7 +144,8 @@ class WhisperEngine:
 
     @property
     def stats(self) -> EngineStats:
-        fields = {f.name: getattr(self._batcher.stats, f.name) for f in dataclasses.fields(BatcherStats)}
+        batcher = self._batcher.stats  # one snapshot: each read builds a new one
+        fields = {f.name: getattr(batcher, f.name) for f in dataclasses.fields(BatcherStats)}
         return EngineStats(
             **fields,
             fallbacks=self._fallbacks,
