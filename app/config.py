@@ -46,7 +46,11 @@ class ModelConfig:
     name: str = "base"
     device: str = "auto"
     compute_type: str = "default"
-    cpu_threads: int = 0
+    cpu_threads: int = 0  # per CPU replica; 0: cores / replicas
+    # On a CPU, the model runs as this many replicas (weights shared) and each
+    # batch is split across them; 0: one per core up to 4 (see
+    # batching.whisper_runner.default_cpu_layout). Ignored on a GPU.
+    cpu_replicas: int = 0
     # GPUs to use: one resident model and batcher per listed index, jobs spread
     # across them (batching/spread.py). A single number is one GPU.
     device_index: list[int] = field(default_factory=lambda: [0])
@@ -225,6 +229,7 @@ class Config:
         _check(bool(m.name.strip()), "model.name", m.name, "a model name or folder")
         _check(m.device in {"auto", "cpu", "cuda"}, "model.device", m.device, "auto, cpu or cuda")
         _check(m.cpu_threads >= 0, "model.cpu_threads", m.cpu_threads, ">= 0")
+        _check(0 <= m.cpu_replicas <= 64, "model.cpu_replicas", m.cpu_replicas, "from 0 to 64")
         _check(
             bool(m.device_index) and all(i >= 0 for i in m.device_index) and len(set(m.device_index)) == len(m.device_index),
             "model.device_index", m.device_index, "a GPU index or a list of distinct ones, e.g. 0 or [0, 1]",

@@ -81,6 +81,7 @@ def engine_for(cfg: Config, resolved: ResolvedModel) -> Engine:
                 "device_index": index,
                 "compute_type": cfg.model.compute_type,
                 "cpu_threads": cfg.model.cpu_threads,
+                "replicas": cfg.model.cpu_replicas,
                 "encode_batch_size": cfg.batching.encode_batch_size or default_encode_batch(cfg.model.device),
                 "trim_short": cfg.model.trim_short_windows,
                 "encoder_cache_bytes": cfg.model.encoder_cache_mb * 2**20,

@@ -15,7 +15,12 @@ Modes (greedy, beam 1, unless said otherwise), VAD off everywhere, one model ins
      after another: what a peer server built on it does per request
   d  ceiling: the same windows straight to CTranslate2 (features, encode,
      generate) in full batches of max_batch_size, no server, no post-processing
-  1  altyazi's own one-window-at-a-time path: mode c with max_batch_size 1
+  1  altyazi's own one-window-at-a-time path: mode c with max_batch_size 1, on
+     one model of --cpu-threads threads (its best layout here: one window has
+     nothing to share between replicas)
+
+Modes a, b, p, d and 1 use one model of --cpu-threads threads; mode c uses the
+server's default CPU layout (--replicas).
 
 ``--steps`` runs mode c once per engine step, each adding one to the last, so
 every step's gain (and its word error rate) is measured in the same run:
@@ -23,7 +28,9 @@ every step's gain (and its word error rate) is measured in the same run:
   old      the whole batch through the encoder at once, every window padded to
            30 s, no encoder cache (the engine before these steps)
   enc      encode small, decode big: encoder sub-batches of --encode-batch
-  cache    + a fallback keeps its encoder output: the defaults
+  cache    + a fallback keeps its encoder output
+  rep      + the model as CPU replicas (model.cpu_replicas; on 2 cores two
+           one-thread replicas) sharing each batch: the defaults
   trim     + clips of up to 20 s encoded trimmed (10/15/20 s buckets; model.trim_short_windows, off by default)
 
 WER is over the clips that have a reference (recorded clips and espeak-ng
@@ -261,12 +268,15 @@ def mode_c(engine_args: dict, jobs: list[Job]) -> tuple[float, list[float], list
     return asyncio.run(main())
 
 
-# (name, encode_batch_size or 0 for the whole batch, trim, cache bytes): each adds one step
-STEPS = [("old", 0, False, 0), ("enc", -1, False, 0), ("cache", -1, False, 256 << 20), ("trim", -1, True, 256 << 20)]
+# (name, encode_batch_size or 0 for the whole batch, trim, cache bytes, replicas):
+# each adds one step; "rep" is the server's defaults
+STEPS = [("old", 0, False, 0, False), ("enc", -1, False, 0, False), ("cache", -1, False, 256 << 20, False),
+         ("rep", -1, False, 256 << 20, True), ("trim", -1, True, 256 << 20, True)]  # fmt: skip
+DEFAULT_STEP = "rep"
 
 
-def set_step(runner: WhisperRunner, step: tuple[str, int, bool, int], encode_batch: int, max_batch: int) -> None:
-    _, enc, trim, cache = step
+def set_step(runner: WhisperRunner, step: tuple[str, int, bool, int, bool], encode_batch: int, max_batch: int) -> None:
+    _, enc, trim, cache, _ = step
     runner.encode_batch_size = max_batch if enc == 0 else encode_batch
     runner.trim_short = trim
     runner.encoder_cache.max_bytes = cache
@@ -388,7 +398,8 @@ def main() -> None:
     ap.add_argument("--n", default="1,4,16,64", help="comma-separated job counts")
     ap.add_argument("--max-batch-size", type=int, default=16, help="as the server on CPU and GPU (default 16)")
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
-    ap.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 2, help="threads of the one-model modes")
+    ap.add_argument("--replicas", type=int, default=0, help="mode c's CPU replicas (0: the server's default layout)")
     ap.add_argument("--prepare-threads", type=int, default=1)
     ap.add_argument("--compute-type", default="int8")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -408,12 +419,17 @@ def main() -> None:
     runner = WhisperRunner(args.model, device=args.device, compute_type=args.compute_type,
                            cpu_threads=args.cpu_threads)  # fmt: skip
     runner.load()
-    engine_args = dict(runner_or_model_args=runner, options=BatcherOptions(max_batch_size=args.max_batch_size,
-                       max_wait_s=args.max_wait_ms / 1000, prepare_threads=args.prepare_threads))  # fmt: skip
+    alt = WhisperRunner(args.model, device=args.device, compute_type=args.compute_type, replicas=args.replicas)
+    alt.load()
+    batch_options = BatcherOptions(max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000,
+                                   prepare_threads=args.prepare_threads)  # fmt: skip
+    engine_args = dict(runner_or_model_args=alt, options=batch_options)
+    one_model_args = dict(runner_or_model_args=runner, options=batch_options)
     one_args = dict(runner_or_model_args=runner, options=BatcherOptions(max_batch_size=1,
                     max_wait_s=args.max_wait_ms / 1000, prepare_threads=args.prepare_threads))  # fmt: skip
     report: dict = dict(
         model=args.model, model_info=runner.info.__dict__, cpu_threads=args.cpu_threads,
+        c_layout=dict(replicas=alt.replicas, threads=alt.cpu_threads),
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, vad="off (all modes)",
         decoding="greedy (beam 1), language en, temperature fallback on", runs=[],
     )  # fmt: skip
@@ -428,7 +444,8 @@ def main() -> None:
             print(f"batch {size:>2}: encode {p['encode_s_per_window']:.3f} s/window, "
                   f"generate {p['generate_s_per_window']:.3f} s/window")
         print(f"{len(clips)} clips, {sum(c.seconds for c in clips):.0f} s of audio; "
-              f"model {runner.info.name} {runner.info.compute_type}, {args.cpu_threads} threads, "
+              f"model {runner.info.name} {runner.info.compute_type}, {args.cpu_threads} threads "
+              f"(mode c: {alt.replicas} replicas x {alt.cpu_threads} threads), "
               f"max_batch_size {args.max_batch_size}, max_wait {args.max_wait_ms} ms", flush=True)  # fmt: skip
         header = (f"{'N':>4} {'audio s':>8} {'win':>4} | {'a x':>6} {'b x':>6} {'c x':>6} {'d x':>6} | "
                   f"{'c/a':>5} {'c/b':>5} {'c/d':>5} | {'c p50 s':>7} {'c max s':>7} {'a p50 s':>7} {'a max s':>7} | same text")  # fmt: skip
@@ -444,11 +461,12 @@ def main() -> None:
                 for mode in modes:
                     if mode == "c" and args.steps:
                         for step in STEPS:
-                            set_step(runner, step, args.encode_batch, args.max_batch_size)
-                            wall, done, tx = mode_c(engine_args, jobs)
+                            set_step(alt if step[4] else runner, step, args.encode_batch, args.max_batch_size)
+                            wall, done, tx = mode_c(engine_args if step[4] else one_model_args, jobs)
                             keep(row, texts, f"c:{step[0]}", wall, done, tx, jobs, audio_s, dict(LAST_STATS))
-                        continue  # the "cache" step is the defaults: it is also "c"
+                        continue  # the DEFAULT_STEP is also "c"
                     set_step(runner, STEPS[2], args.encode_batch, args.max_batch_size)
+                    set_step(alt, STEPS[3], args.encode_batch, args.max_batch_size)
                     stats = None
                     if mode == "a":
                         wall, done, tx = mode_a(runner, jobs)
@@ -465,8 +483,8 @@ def main() -> None:
                     else:
                         wall, done, tx = mode_d(runner, jobs, args.max_batch_size), [], []
                     keep(row, texts, mode, wall, done, tx, jobs, audio_s, stats)
-            if args.steps and "c:cache" in row:
-                row["c"], texts["c"] = row["c:cache"], texts["c:cache"]
+            if args.steps and f"c:{DEFAULT_STEP}" in row:
+                row["c"], texts["c"] = row[f"c:{DEFAULT_STEP}"], texts[f"c:{DEFAULT_STEP}"]
             if "c" in row and "1" in row:
                 row["c/1"] = row["c"]["speed"] / row["1"]["speed"]
             for step in STEPS[1:] if args.steps else []:

@@ -435,6 +435,9 @@ def server_env(cfg: RunConfig) -> dict[str, str]:
     }
     if not cfg.batched:
         env["ALTYAZI_BATCHING_MAX_BATCH_SIZE"] = "1"
+        # one window at a time has nothing to share between CPU replicas: one
+        # model on every core is its best layout
+        env["ALTYAZI_MODEL_CPU_REPLICAS"] = "1"
     elif cfg.max_batch_size is not None:
         env["ALTYAZI_BATCHING_MAX_BATCH_SIZE"] = str(cfg.max_batch_size)
     env.update(cfg.env)

@@ -148,3 +148,24 @@ def test_bad_cluster_values_name_the_key(env: dict[str, str], needle: str) -> No
     with pytest.raises(ConfigError) as info:
         load_config(environ=env)
     assert needle in str(info.value)
+
+
+def test_cpu_replicas_from_config_and_the_default_layout() -> None:
+    from app.model_files import ResolvedModel
+    from app.serving import engine_for
+    from batching.whisper_engine import WhisperEngine
+    from batching.whisper_runner import default_cpu_layout
+
+    resolved = ResolvedModel(name="tiny.en", path_or_id="/nonexistent", source="test", multilingual=False)
+    engine = engine_for(load_config(environ={"ALTYAZI_MODEL_CPU_REPLICAS": "3"}), resolved)
+    assert isinstance(engine, WhisperEngine) and engine.runner.replicas == 3
+    assert engine_for(load_config(environ={}), resolved).runner.replicas == 0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="model.cpu_replicas"):
+        load_config(environ={"ALTYAZI_MODEL_CPU_REPLICAS": "-1"})
+    # (replicas, threads each): one per core on small machines, at most 4
+    assert default_cpu_layout(1) == (1, 1)
+    assert default_cpu_layout(2) == (2, 1)
+    assert default_cpu_layout(16) == (4, 4)
+    assert default_cpu_layout(16, threads=8) == (2, 8)
+    assert default_cpu_layout(16, replicas=1) == (1, 16)
+    assert default_cpu_layout(3, replicas=2, threads=3) == (2, 3)  # both given: as given

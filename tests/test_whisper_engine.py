@@ -308,6 +308,30 @@ def test_encoder_sub_batches_decode_as_the_whole_batch(runner, media) -> None:  
     assert whole == one_by_one
 
 
+def test_replicas_share_a_batch_and_read_the_same(runner, media) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from batching.whisper_runner import WhisperRunner, _split
+
+    assert _split([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]] and _split([7], 4) == [[7]]
+    ws = [window(media[f"say{i}"], f"r{i}", language="en") for i in range(len(SENTENCES))]
+    one = [result_text(r) for r in runner.run(ws, runner.prepare(ws))]
+    two = WhisperRunner(str(TINY_EN), device="cpu", compute_type="int8", cpu_threads=1, replicas=2)
+    two.load()
+    seen: set[str] = set()
+    group = two._run_group
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.add(threading.current_thread().name)
+        return group(*args, **kwargs)
+
+    two._run_group = spy  # type: ignore[method-assign]
+    shared = [result_text(r) for r in two.run(ws, two.prepare(ws))]
+    assert len(seen) == 2 and all(name.startswith("whisper-replica") for name in seen)
+    for keyword, a, b in zip(KEYWORDS, one, shared):
+        assert keyword in words(a) and keyword in words(b), (a, b)
+
+
 async def test_a_fallback_reuses_its_encoder_output(runner, media) -> None:  # type: ignore[no-untyped-def]
     from batching.whisper_engine import WhisperEngine
 
