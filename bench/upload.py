@@ -221,12 +221,14 @@ def one_size(server: Server, path: Path, kind: str) -> dict:
 
 def many_users(server: Server, files: list[Path]) -> dict:
     results: list[tuple[float, int, float]] = []
+    afters: list[tuple[float, float]] = []  # (MB, seconds from the last byte sent to the answer)
     lock = threading.Lock()
 
     def one(path: Path) -> None:
         status, wall, after = upload(server.port, path, "multipart")
         with lock:
             results.append((path.stat().st_size / MB, status, wall))
+            afters.append((path.stat().st_size / MB, after))
 
     threads = [threading.Thread(target=one, args=(p,)) for p in files]
     with LagProbe(server.port) as probe:
@@ -241,8 +243,11 @@ def many_users(server: Server, files: list[Path]) -> dict:
     for _, s, _ in results:
         statuses[s] = statuses.get(s, 0) + 1
     p99 = small[min(len(small) - 1, int(0.99 * len(small)))] if small else None
+    # where a small upload's time goes: sending its body, or after it (probe, job row)
+    small_after = sorted(a for size, a in afters if size <= 5)
+    after_p99 = small_after[min(len(small_after) - 1, int(0.99 * len(small_after)))] if small_after else None
     return dict(users=len(files), total_mb=sum(r[0] for r in results), wall_s=wall, statuses=statuses,
-                small_files=len(small), small_p99_s=p99, small_median_s=statistics.median(small) if small else None,
+                small_files=len(small), small_p99_s=p99, small_after_body_p99_s=after_p99, small_median_s=statistics.median(small) if small else None,
                 lag=probe.summary())  # fmt: skip
 
 
@@ -285,7 +290,7 @@ def main() -> None:
                 report["crowd"] = crowd
                 print(f"{crowd['users']} users, {crowd['total_mb']:.0f} MB in {crowd['wall_s']:.1f} s; "
                       f"statuses {crowd['statuses']}; files <= 5 MB: answer p99 {crowd['small_p99_s']:.2f} s "
-                      f"(median {crowd['small_median_s']:.2f}); /healthz p99 {crowd['lag']['p99_ms']:.1f} ms, "
+                      f"(median {crowd['small_median_s']:.2f}; after the last byte p99 {crowd['small_after_body_p99_s']:.2f}); /healthz p99 {crowd['lag']['p99_ms']:.1f} ms, "
                       f"worst {crowd['lag']['max_ms']:.1f} ms", flush=True)  # fmt: skip
         finally:
             server.stop()

@@ -143,6 +143,7 @@ async def accept_upload(
     job_id = new_id()
     committed = False
     state.uploads_in_flight += 1
+    lane = state.ingest.lane(request.headers.get("content-length"))
     try:
         job_dir = state.files.create(job_id)
         upload = await receive_upload(
@@ -151,6 +152,7 @@ async def accept_upload(
             max_bytes=state.max_upload_bytes(owner),
             query_filename=query.get("filename"),
             min_free_bytes=int(state.cfg.storage.min_free_mb * 1024 * 1024),
+            lane=lane,
         )
         raw_options = {k: v for k, v in query.items() if k != "filename"}
         raw_options.update(upload.fields)
@@ -179,8 +181,7 @@ async def accept_upload(
             duration_s=info.duration_s,
             media=info_dict(info),
         )
-        # Under the key's lock, so its count never sees this job twice (row and slot).
-        async with state.slots.lock(owner):
+        async with state.count_lock(owner):
             try:
                 await state.store.create_job(job, idempotency_key=idempotency_key)
             except KeyExists:
@@ -194,6 +195,7 @@ async def accept_upload(
             slot.release()  # in one step with the spawn: counted as a task from now on
             state.manager.spawn(job)
     finally:
+        lane.close()
         slot.release()
         state.uploads_in_flight -= 1
         if not committed:

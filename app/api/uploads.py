@@ -11,8 +11,10 @@ partial file.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -104,10 +106,14 @@ class _Sink:
                 raise _LowDisk()
 
     async def close(self) -> None:
-        await self.flush()
-        await anyio.to_thread.run_sync(self._close_sync)
+        # The last write and the fsync in one thread hop: a small upload is
+        # often one write, and under a crowd every hop waits for a free thread.
+        chunks, self._chunks, self._pending = self._chunks, [], 0
+        await anyio.to_thread.run_sync(self._close_sync, chunks)
 
-    def _close_sync(self) -> None:
+    def _close_sync(self, chunks: list[bytes | memoryview]) -> None:
+        if chunks:
+            self._write(chunks)
         try:
             # Delayed allocation: a full disk may only show at fsync.
             os.fsync(self._fh.fileno())
@@ -119,6 +125,94 @@ class _Sink:
         if not self._fh.closed:
             self._fh.close()
         self.path.unlink(missing_ok=True)
+
+
+class IngestGate:
+    """Small bodies first: while an upload of at most ``small_bytes`` streams in,
+    larger ones stop taking chunks for a moment.
+
+    Every connection gets its turn of the event loop, so with 100 uploads at
+    once a 2-MB file's bytes came in interleaved with 2 GB of others' and its
+    202 took seconds. A large upload that is not read is not lost: uvicorn
+    stops reading its socket, and the kernel's buffers and TCP hold the client
+    back. A large upload waits at most ``max_pause_s`` at a time and then
+    streams for at least ``min_run_s`` before it may wait again, so a steady
+    stream of small uploads slows it but never stalls it.
+
+    A body is small by its Content-Length; a chunked one is small until it
+    passes ``small_bytes``.
+    """
+
+    def __init__(self, small_bytes: int = 8 << 20, max_pause_s: float = 1.0, min_run_s: float = 1.0) -> None:
+        self.small_bytes = small_bytes
+        self.max_pause_s = max_pause_s
+        self.min_run_s = min_run_s
+        self.small = 0  # small uploads streaming now
+        self.paused = 0  # large uploads waiting now
+        self._clear: asyncio.Event | None = None
+
+    def enter_small(self) -> None:
+        self.small += 1
+        if self._clear is not None:
+            self._clear.clear()
+
+    def lane(self, declared: str | None) -> IngestLane:
+        """A lane for a request whose Content-Length header is ``declared``."""
+        return IngestLane(self, int(declared) if declared is not None and declared.isdigit() else None)
+
+    def leave_small(self) -> None:
+        self.small -= 1
+        if self.small == 0 and self._clear is not None:
+            self._clear.set()
+
+    async def give_way(self, last_pause_end: float) -> float:
+        """Wait while small uploads stream (bounded); answer when this upload last
+        stopped waiting. Cheap when there is nothing to wait for."""
+        if not self.small:
+            return last_pause_end
+        now = time.monotonic()
+        if now - last_pause_end < self.min_run_s:
+            return last_pause_end
+        if self._clear is None:
+            self._clear = asyncio.Event()
+        self._clear.clear()
+        self.paused += 1
+        try:
+            with anyio.move_on_after(self.max_pause_s):
+                await self._clear.wait()
+        finally:
+            self.paused -= 1
+        return time.monotonic()
+
+
+class IngestLane:
+    """One upload's place at the :class:`IngestGate`, from its first byte until
+    its answer: a small upload's probe and job row are part of its wait too.
+    ``close`` it when the request is answered (it is idempotent)."""
+
+    def __init__(self, gate: IngestGate | None, declared: int | None) -> None:
+        self.gate = gate
+        self.small = gate is not None and (declared is None or declared <= gate.small_bytes)
+        self.last_pause_end = 0.0
+        if gate is not None and self.small:
+            gate.enter_small()
+
+    async def turn(self, received: int) -> None:
+        """Called before each chunk is taken."""
+        gate = self.gate
+        if gate is None:
+            return
+        if self.small:
+            if received > gate.small_bytes:  # a chunked body that turned out large
+                self.close()
+            return
+        if gate.small:
+            self.last_pause_end = await gate.give_way(self.last_pause_end)
+
+    def close(self) -> None:
+        if self.gate is not None and self.small:
+            self.small = False
+            self.gate.leave_small()
 
 
 class _TooLarge(Exception):
@@ -158,6 +252,7 @@ async def receive_upload(
     query_filename: str | None = None,
     on_progress: Callable[[int], None] | None = None,
     min_free_bytes: int = 0,
+    lane: IngestLane | None = None,
 ) -> ReceivedUpload:
     """Stream the request body into ``dest``; answer what arrived.
 
@@ -170,16 +265,18 @@ async def receive_upload(
         raise too_large(max_bytes)
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     sink = _Sink(dest, max_bytes, min_free_bytes)
+    lane = lane or IngestLane(None, None)
     try:
         if content_type == b"multipart/form-data":
             boundary = params.get(b"boundary")
             if not boundary:
                 raise ApiError(400, "bad_multipart", "The multipart body has no boundary in its Content-Type header.")
-            filename, fields = await _receive_multipart(request, sink, boundary, on_progress)
+            filename, fields = await _receive_multipart(request, sink, boundary, on_progress, lane)
         else:
             fields = {}
             filename = query_filename or ""
             async for chunk in request.stream():
+                await lane.turn(sink.size)
                 sink.add(chunk)
                 if sink.should_flush:
                     await sink.flush()
@@ -206,6 +303,7 @@ async def _receive_multipart(
     sink: _Sink,
     boundary: bytes,
     on_progress: Callable[[int], None] | None,
+    lane: IngestLane,
 ) -> tuple[str, dict[str, str]]:
     fields: dict[str, str] = {}
     state: dict[str, object] = {"headers": {}, "name": None, "filename": None, "is_file": False, "value": bytearray()}
@@ -298,6 +396,7 @@ async def _receive_multipart(
         max_header_size=MAX_HEADER_BYTES * 4,
     )
     async for chunk in request.stream():
+        await lane.turn(sink.size)
         try:
             parser.write(chunk)
         except _TooLarge:
