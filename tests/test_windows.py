@@ -141,13 +141,28 @@ def test_continuous_speech_is_split_at_thirty_seconds(tmp_path: Path):
     assert_well_formed(windows, pcm.stat().st_size // 2)
 
 
-def test_fixed_windows_without_vad(long_pcm: Path, tmp_path: Path):
+def test_without_vad_windows_end_in_pauses(long_pcm: Path):
     total = long_pcm.stat().st_size // 2
     windows = plan_windows(long_pcm, vad=False)
-    assert [w.start_sample for w in windows] == [0, MAX, 2 * MAX, 3 * MAX]
-    assert [w.num_samples for w in windows] == [MAX, MAX, MAX, total - 3 * MAX]
-    # every cut but the file's end is inside whatever was said there
-    assert [w.ends_in_speech for w in windows] == [True, True, True, False]
+    # all the audio, in order, nothing skipped or twice
+    assert windows[0].start_sample == 0 and windows[-1].end_sample == total
+    assert all(a.end_sample == b.start_sample for a, b in zip(windows, windows[1:]))
+    assert all(w.num_samples <= MAX for w in windows) and len(windows) == 4
+    # sentences with 1-s pauses: every window ends in one, so none is a chain
+    assert not any(w.ends_in_speech for w in windows)
+    pcm = np.memmap(long_pcm, dtype="<i2", mode="r")
+    for w in windows[:-1]:
+        around = pcm[w.end_sample - 1600 : w.end_sample + 1600].astype(np.float64)
+        assert np.sqrt(np.mean(around**2)) < 100  # the cut is in silence (±0.1 s)
+        assert w.num_samples > MAX - 10 * SAMPLE_RATE  # in the window's last 10 s
+
+
+def test_without_vad_continuous_sound_is_cut_at_30_s(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    noise = write_pcm(tmp_path / "noise.pcm", np.clip(6000 * rng.standard_normal(65 * SAMPLE_RATE), -32768, 32767))
+    windows = plan_windows(noise, vad=False)
+    assert [w.num_samples for w in windows] == [MAX, MAX, 5 * SAMPLE_RATE]
+    assert [w.ends_in_speech for w in windows] == [True, True, False]
     # a tail under 0.1 s is not worth a decode; one byte of a half sample is ignored
     pcm = tmp_path / "tail.pcm"
     pcm.write_bytes(b"\0" * (2 * (2 * MAX + 800)) + b"\0")

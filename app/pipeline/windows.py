@@ -18,9 +18,14 @@ is analysed again, whole, in the next block (the VAD's state is not carried
 between blocks; each block starts fresh, at the start of a speech span or a
 block boundary in silence).
 
-Window edges: a window ends either in a pause (VAD found silence there, or the
-file ends) or mid-speech (``ends_in_speech``: without VAD every 30 s, and where
-Silero had to split more than 30 s of speech without a pause). The pipeline
+Without VAD nothing is left out: windows of at most 30 s follow each other,
+each ending in a pause of its last seconds found by level alone (see
+:func:`_pause_cut`), or at 30 s where there is none.
+
+Window edges: a window ends either in a pause (VAD found silence there, the
+level found one without VAD, or the file ends) or mid-speech
+(``ends_in_speech``: without VAD where no pause was found, and where Silero
+had to split more than 30 s of speech without a pause). The pipeline
 treats the second kind as a chain: the next window starts where the model's
 last finished segment ended, never at the cut (see batching/segmenting.py).
 
@@ -75,8 +80,8 @@ class WindowSpan:
     start_sample: int
     num_samples: int
     # True when the window ends mid-speech and the next window starts right at
-    # its end: a hard cut (every fixed window without VAD, and speech that VAD
-    # had to split without a pause). Such a window's unfinished last segment is
+    # its end: a hard cut (a window without VAD that found no pause to end in,
+    # and speech that VAD had to split without a pause). Such a window's unfinished last segment is
     # decoded again as part of the next window (see batching/segmenting.py).
     ends_in_speech: bool = False
 
@@ -148,20 +153,68 @@ def iter_windows(
     total = os.path.getsize(pcm_path) // BYTES_PER_SAMPLE
     max_samples = int(max_window_s * SAMPLE_RATE)
     if not vad:
-        return iter(_fixed_windows(total, max_samples))
+        return _fixed_windows(pcm_path, total, max_samples)
     raw = _raw_speech_spans(Path(pcm_path), total, max_window_s, int(block_s * SAMPLE_RATE), gate or nullcontext)
     return _pack(_pad(raw, total), max_samples)
 
 
-def _fixed_windows(total: int, max_samples: int) -> list[WindowSpan]:
+def _fixed_windows(pcm_path: str | Path, total: int, max_samples: int) -> Iterator[WindowSpan]:
+    """Consecutive windows of at most ``max_samples`` covering all the audio.
+
+    Each ends in the quietest pause of its last seconds when there is one
+    (:func:`_pause_cut`), else where the length ran out: mid-speech, as far as
+    anybody knows. A window that ends in a pause is decoded on its own, so a
+    job's windows share batches; cut mid-speech they form one chain, decoded
+    in order.
+    """
     min_samples = int(MIN_WINDOW_S * SAMPLE_RATE)
-    starts = [start for start in range(0, total, max_samples) if total - start >= min_samples]
-    # Every fixed window but the last ends wherever 30 s ran out: mid-speech, as
-    # far as anybody knows.
-    return [
-        WindowSpan(start, min(max_samples, total - start), ends_in_speech=k < len(starts) - 1)
-        for k, start in enumerate(starts)
-    ]
+    pcm = np.memmap(pcm_path, dtype="<i2", mode="r", shape=(total,)) if total else None
+    start = 0
+    while total - start >= min_samples:
+        if total - start <= max_samples:
+            yield WindowSpan(start, total - start, ends_in_speech=False)
+            return
+        assert pcm is not None
+        cut = _pause_cut(pcm[start : start + max_samples])
+        if cut is None:
+            yield WindowSpan(start, max_samples, ends_in_speech=True)
+            start += max_samples
+        else:
+            yield WindowSpan(start, cut, ends_in_speech=False)
+            start += cut
+
+
+# Without VAD a window still ends in a pause where its last PAUSE_SEARCH_S
+# seconds have one: PAUSE_S of audio at least PAUSE_DB quieter than the
+# window's loud parts (its 90th-percentile 20-ms level). Speech has such
+# pauses every few seconds; music and noise rarely do, and keep the hard cut.
+PAUSE_SEARCH_S = 10.0
+PAUSE_S = 0.3
+PAUSE_DB = 20.0
+_LEVEL_FRAME = SAMPLE_RATE // 50  # 20 ms
+_SILENT_LEVEL = 1e-4 * 32768  # about -80 dBFS: digital silence has no loud parts to compare with
+
+
+def _pause_cut(samples: np.ndarray) -> int | None:
+    """Where (samples from the start) to end a full-length window: the middle
+    of the quietest pause in its last seconds, or None when there is none."""
+    n = len(samples) // _LEVEL_FRAME
+    frames = np.asarray(samples[: n * _LEVEL_FRAME], dtype=np.float32).reshape(n, _LEVEL_FRAME)
+    level = np.sqrt(np.mean(frames * frames, axis=1))
+    loud = float(np.percentile(level, 90))
+    if loud < _SILENT_LEVEL:
+        return None
+    k = int(PAUSE_S * 50)
+    first = max(0, n - int(PAUSE_SEARCH_S * 50))
+    if n - first < k:
+        return None
+    # the loudest frame of each k-frame stretch that starts in the search region
+    stretches = np.lib.stride_tricks.sliding_window_view(level[first:], k).max(axis=1)
+    # the latest of the quietest, so windows stay long
+    best = len(stretches) - 1 - int(np.argmin(stretches[::-1]))
+    if stretches[best] > loud * 10 ** (-PAUSE_DB / 20):
+        return None
+    return (first + best + k // 2) * _LEVEL_FRAME
 
 
 def _raw_speech_spans(
