@@ -145,7 +145,9 @@ async def accept_upload(
     state.uploads_in_flight += 1
     lane = state.ingest.lane(request.headers.get("content-length"))
     try:
-        job_dir = state.files.create(job_id)
+        # Folder and file metadata calls in a thread: while other uploads flush
+        # gigabytes, one mkdir or rename can wait on the filesystem's journal.
+        job_dir = await anyio.to_thread.run_sync(state.files.create, job_id)
         upload = await receive_upload(
             request,
             job_dir / "upload.partial",
@@ -162,7 +164,7 @@ async def accept_upload(
             raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
         filename = safe_filename(upload.filename or "upload")
         source = state.files.input_path(job_id, Path(filename).suffix)
-        upload.path.replace(source)
+        await anyio.to_thread.run_sync(upload.path.replace, source)
         info = await state.pool.probe(source)
         check_media(info, max_duration_s=state.cfg.storage.max_duration_s)
         # Durable where every node can read it before the row exists (a no-op on one box).

@@ -264,7 +264,7 @@ async def receive_upload(
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MAX_HEADER_BYTES * 4:
         raise too_large(max_bytes)
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    sink = _Sink(dest, max_bytes, min_free_bytes)
+    sink = await anyio.to_thread.run_sync(_Sink, dest, max_bytes, min_free_bytes)  # open() creates: a journal write
     lane = lane or IngestLane(None, None)
     try:
         if content_type == b"multipart/form-data":
