@@ -168,14 +168,17 @@ def _fixed_windows(pcm_path: str | Path, total: int, max_samples: int) -> Iterat
     in order.
     """
     min_samples = int(MIN_WINDOW_S * SAMPLE_RATE)
-    pcm = np.memmap(pcm_path, dtype="<i2", mode="r", shape=(total,)) if total else None
     start = 0
     while total - start >= min_samples:
         if total - start <= max_samples:
             yield WindowSpan(start, total - start, ends_in_speech=False)
             return
-        assert pcm is not None
-        cut = _pause_cut(pcm[start : start + max_samples])
+        # Read, not mapped: a mapping of the whole file would count its pages
+        # in the process's RSS while the plan is made.
+        with open(pcm_path, "rb") as f:
+            f.seek(start * BYTES_PER_SAMPLE)
+            samples = np.fromfile(f, dtype="<i2", count=max_samples)
+        cut = _pause_cut(samples)
         if cut is None:
             yield WindowSpan(start, max_samples, ends_in_speech=True)
             start += max_samples
