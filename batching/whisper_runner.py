@@ -84,8 +84,8 @@ def default_cpu_layout(cores: int, replicas: int = 0, threads: int = 0) -> tuple
     """(replicas, threads per replica) for a CPU model; 0 means choose.
 
     Up to 4 replicas, one per core on small machines: measured on 2 cores,
-    two one-thread replicas decode a batch 1.4-1.5x faster than one model
-    on two threads, which gains almost nothing from its second thread. On
+    two one-thread replicas decode a batch 1.2-1.5x faster than one model
+    on two threads, which gains little from its second thread. On
     big CPUs the replicas get several threads each, so a batch is not cut
     into shares too small to gain from batching.
     """
@@ -251,6 +251,7 @@ class WhisperRunner:
         self.trim_short = trim_short
         self.encoder_cache = EncoderCache(encoder_cache_bytes)
         self._wm: Any = None  # faster_whisper.WhisperModel once loaded
+        self._solo_wm: Any = None  # the same on every CPU thread, for lone windows (see load)
         self._info: ModelInfo | None = None
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._prompt_tokens: dict[str, list[int]] = {}
@@ -283,6 +284,18 @@ class WhisperRunner:
         self._wm = wm
         if device == "cpu" and self.replicas > 1:
             self._pool = ThreadPoolExecutor(self.replicas, thread_name_prefix="whisper-replica")
+            # A lone window has nothing to share between replicas, and on one
+            # thread its 30-s encoder pass is what it waits for: it runs on a
+            # second copy of the model with every thread instead (one 11-s clip:
+            # 0.84 s on a one-thread replica against 0.62 s for faster-whisper
+            # on two threads). Costs the weights once more (46 MB for tiny.en).
+            self._solo_wm = WhisperModel(
+                self.model_name,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=self.replicas * max(1, self.cpu_threads),
+                num_workers=1,
+            )
         model = wm.model
         self._info = ModelInfo(
             name=self.model_name,
@@ -449,15 +462,15 @@ class WhisperRunner:
             for chunk in _split(idx, self.replicas if self._pool is not None else 1)
         ]
 
-        def run(task: tuple[list[int], float, int]) -> None:
+        def run(task: tuple[list[int], float, int], wm: Any = self._wm) -> None:
             idx, temperature, beam = task
-            results = self._run_group([windows[k] for k in idx], prepared, idx, temperature, beam)
+            results = self._run_group([windows[k] for k in idx], prepared, idx, temperature, beam, wm)
             for k, value in zip(idx, results):
                 out[k] = value
 
         if self._pool is None or len(tasks) == 1:
             for task in tasks:
-                run(task)
+                run(task, self._solo_wm or self._wm)
             return out
         # Each replica takes a share of the rows. On the 2-core machine a model
         # gains almost nothing from its second thread, so two one-thread
@@ -482,7 +495,7 @@ class WhisperRunner:
         t = float(temps[min(w.temperature_index, len(temps) - 1)])
         return t, (1 if t > 0 else max(1, w.options.beam_size))
 
-    def _encode(self, prepared: PreparedBatch, idx: list[int]) -> tuple[Any, np.ndarray | None]:
+    def _encode(self, prepared: PreparedBatch, idx: list[int], model: Any) -> tuple[Any, np.ndarray | None]:
         """The encoder output of rows ``idx`` (one encoder length) for ``generate``,
         and the same on the host when it is there anyway (CPU, or kept rows).
 
@@ -492,7 +505,6 @@ class WhisperRunner:
         """
         import ctranslate2
 
-        model = self._wm.model
         fresh = [k for k in idx if prepared.features[k] is not None]
         on_gpu = model.device == "cuda"
         if on_gpu and len(fresh) == len(idx):
@@ -521,12 +533,15 @@ class WhisperRunner:
         idx: list[int],
         temperature: float,
         beam_size: int,
+        wm: Any,
     ) -> list[Pending | BaseException]:
+        """One decoding group on ``wm`` (the model, one of its replicas, or the
+        copy for lone windows)."""
         import ctranslate2
 
-        model = self._wm.model
+        model = wm.model
         n = len(windows)
-        encoded, host = self._encode(prepared, idx)
+        encoded, host = self._encode(prepared, idx, model)
         frames = prepared.frames(idx[0])
 
         def rows_of(sel: list[int]) -> Any:
@@ -538,7 +553,7 @@ class WhisperRunner:
                 host = np.asarray(encoded.to_device(ctranslate2.Device.cpu))
             return ctranslate2.StorageView.from_array(np.ascontiguousarray(host[sel]))
 
-        languages = self._languages(windows, encoded)
+        languages = self._languages(windows, encoded, model)
         prompts = [self._prompt(w, languages[j][0]) for j, w in enumerate(windows)]
         if temperature > 0:
             kwargs: dict[str, Any] = dict(
@@ -582,7 +597,7 @@ class WhisperRunner:
                 segments[j] = self._segments(window, decoded[j], languages[j][0])
             except Exception as exc:
                 out[j] = exc
-        alignments, errors = self._align(windows, segments, languages, rows_of, frames)
+        alignments, errors = self._align(windows, segments, languages, rows_of, frames, wm)
         retries: list[int] = []
         for j, window in enumerate(windows):
             if j in errors:
@@ -624,8 +639,8 @@ class WhisperRunner:
             self._suppress_trimmed[frames] = cached
         return cached
 
-    def _languages(self, windows: list[WindowRequest], encoded: Any) -> list[tuple[str, float]]:
-        multilingual = self._wm.model.is_multilingual
+    def _languages(self, windows: list[WindowRequest], encoded: Any, model: Any) -> list[tuple[str, float]]:
+        multilingual = model.is_multilingual
         langs: list[tuple[str, float] | None] = []
         for w in windows:
             lang = w.options.language
@@ -637,7 +652,7 @@ class WhisperRunner:
         if any(x is None for x in langs):
             # One call for the group: it is a single decoder step per row, cheaper
             # than slicing the encoder output down to the rows that need it.
-            detected = self._wm.model.detect_language(encoded)
+            detected = model.detect_language(encoded)
             for i, x in enumerate(langs):
                 if x is None:
                     token, prob = detected[i][0]
@@ -704,6 +719,7 @@ class WhisperRunner:
         languages: list[tuple[str, float]],
         subset: Any,
         frames: int,
+        wm: Any,
     ) -> tuple[dict[int, list[dict]], dict[int, BaseException]]:
         """Token-level alignments for the rows that want word times (the model part)."""
         alignments: dict[int, list[dict]] = {}
@@ -722,7 +738,7 @@ class WhisperRunner:
             num_frames = [min(frames, math.ceil(windows[i].duration * fps)) for i in idx]
             try:
                 # One align call per (language, task): its start sequence is shared.
-                found = self._wm.find_alignment(tok, text_tokens, subset(idx), num_frames)
+                found = wm.find_alignment(tok, text_tokens, subset(idx), num_frames)
             except Exception as exc:  # noqa: BLE001 - fails the group's rows, not the batch
                 if _is_model_error(exc):
                     raise

@@ -330,6 +330,12 @@ def test_replicas_share_a_batch_and_read_the_same(runner, media) -> None:  # typ
     assert len(seen) == 2 and all(name.startswith("whisper-replica") for name in seen)
     for keyword, a, b in zip(KEYWORDS, one, shared):
         assert keyword in words(a) and keyword in words(b), (a, b)
+    # a lone window has nothing to share: it runs on the copy with every thread
+    seen.clear()
+    lone = two.run(ws[:1], two.prepare(ws[:1]))[0]
+    assert KEYWORDS[0] in words(result_text(lone))
+    assert not any(name.startswith("whisper-replica") for name in seen)
+    assert two._solo_wm is not None and two._solo_wm.model.num_active_batches == 0
 
 
 async def test_a_fallback_reuses_its_encoder_output(runner, media) -> None:  # type: ignore[no-untyped-def]
