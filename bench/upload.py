@@ -219,6 +219,29 @@ def one_size(server: Server, path: Path, kind: str) -> dict:
                 lag=probe.summary())  # fmt: skip
 
 
+def loop_lag_buckets(port: int) -> list[tuple[float, float]]:
+    """The server's own event-loop lag histogram (cumulative buckets) from /metrics."""
+    import math
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "altyazi_event_loop_lag_seconds":
+            return sorted((math.inf if s.labels["le"] == "+Inf" else float(s.labels["le"]), s.value)
+                          for s in fam.samples if s.name.endswith("_bucket"))  # fmt: skip
+    return []
+
+
+def lag_p99_between(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
+    """p99 (s) of the loop-lag samples taken between two scrapes."""
+    from bench.load import _hist_quantile
+
+    start = dict(before)
+    return _hist_quantile([(le, cum - start.get(le, 0.0)) for le, cum in after], 0.99)
+
+
 def many_users(server: Server, files: list[Path]) -> dict:
     results: list[tuple[float, int, float]] = []
     afters: list[tuple[float, float]] = []  # (MB, seconds from the last byte sent to the answer)
@@ -231,6 +254,7 @@ def many_users(server: Server, files: list[Path]) -> dict:
             afters.append((path.stat().st_size / MB, after))
 
     threads = [threading.Thread(target=one, args=(p,)) for p in files]
+    lag_before = loop_lag_buckets(server.port)
     with LagProbe(server.port) as probe:
         t0 = time.perf_counter()
         for t in threads:
@@ -238,6 +262,7 @@ def many_users(server: Server, files: list[Path]) -> dict:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+    server_lag_p99 = lag_p99_between(lag_before, loop_lag_buckets(server.port))
     small = sorted(w for size, _, w in results if size <= 5)
     statuses: dict[int, int] = {}
     for _, s, _ in results:
@@ -248,7 +273,7 @@ def many_users(server: Server, files: list[Path]) -> dict:
     after_p99 = small_after[min(len(small_after) - 1, int(0.99 * len(small_after)))] if small_after else None
     return dict(users=len(files), total_mb=sum(r[0] for r in results), wall_s=wall, statuses=statuses,
                 small_files=len(small), small_p99_s=p99, small_after_body_p99_s=after_p99, small_median_s=statistics.median(small) if small else None,
-                lag=probe.summary())  # fmt: skip
+                lag=probe.summary(), server_loop_lag_p99_ms=None if server_lag_p99 is None else 1000 * server_lag_p99)  # fmt: skip
 
 
 def main() -> None:
@@ -291,7 +316,8 @@ def main() -> None:
                 print(f"{crowd['users']} users, {crowd['total_mb']:.0f} MB in {crowd['wall_s']:.1f} s; "
                       f"statuses {crowd['statuses']}; files <= 5 MB: answer p99 {crowd['small_p99_s']:.2f} s "
                       f"(median {crowd['small_median_s']:.2f}; after the last byte p99 {crowd['small_after_body_p99_s']:.2f}); /healthz p99 {crowd['lag']['p99_ms']:.1f} ms, "
-                      f"worst {crowd['lag']['max_ms']:.1f} ms", flush=True)  # fmt: skip
+                      f"worst {crowd['lag']['max_ms']:.1f} ms; the server's own loop lag p99 "
+                      f"{crowd['server_loop_lag_p99_ms'] or float('nan'):.1f} ms", flush=True)  # fmt: skip
         finally:
             server.stop()
     report["load_average_after"] = os.getloadavg()
