@@ -117,7 +117,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # long enough for several windows, so a job can be caught mid-way
     out["long"] = make_long_speech(d / "long.wav", 36, SENTENCES, pause_s=0.8)
     # for the cancel test: long enough that it is still running when the cancel lands
-    out["longer"] = make_long_speech(d / "longer.wav", 150, SENTENCES, pause_s=0.8)
+    # (10 min: 150 s was done within 7 s of its first segment once CPU batches were split across replicas)
+    out["longer"] = make_long_speech(d / "longer.wav", 600, SENTENCES, pause_s=0.8)
     return out
 
 
@@ -289,6 +290,7 @@ def test_cancel_on_one_node_stops_the_work_on_its_owner(cluster: Cluster, clips:
     other = follower.node
     t0 = time.monotonic()
     with other.client() as client:
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running", "the clip ended before the cancel: make it longer"
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
     owning = cluster.nodes[owner]
     with owning.client() as client:
