@@ -167,6 +167,7 @@ def test_without_vad_continuous_sound_is_cut_at_30_s(tmp_path: Path):
     pcm = tmp_path / "tail.pcm"
     pcm.write_bytes(b"\0" * (2 * (2 * MAX + 800)) + b"\0")
     assert [w.num_samples for w in plan_windows(pcm, vad=False)] == [MAX, MAX]
+    assert [w.ends_in_speech for w in plan_windows(pcm, vad=False)] == [True, False]  # the last is the file's end
     pcm.write_bytes(b"\0" * (2 * (MAX + 1600)))
     assert [w.num_samples for w in plan_windows(pcm, vad=False)] == [MAX, 1600]
     assert [w.num_samples for w in plan_windows(pcm, vad=False, max_window_s=10)] == [10 * SAMPLE_RATE] * 3 + [

@@ -169,22 +169,18 @@ def _fixed_windows(pcm_path: str | Path, total: int, max_samples: int) -> Iterat
     """
     min_samples = int(MIN_WINDOW_S * SAMPLE_RATE)
     start = 0
-    while total - start >= min_samples:
-        if total - start <= max_samples:
-            yield WindowSpan(start, total - start, ends_in_speech=False)
-            return
-        # Read, not mapped: a mapping of the whole file would count its pages
-        # in the process's RSS while the plan is made.
-        with open(pcm_path, "rb") as f:
+    # Read, not mapped: a mapping of the whole file would count its pages in
+    # the process's RSS while the plan is made.
+    with open(pcm_path, "rb") as f:
+        while total - start >= min_samples:
+            # The file's last window; a tail under MIN_WINDOW_S after it is not worth a decode.
+            if total - start - max_samples < min_samples:
+                yield WindowSpan(start, min(max_samples, total - start), ends_in_speech=False)
+                return
             f.seek(start * BYTES_PER_SAMPLE)
-            samples = np.fromfile(f, dtype="<i2", count=max_samples)
-        cut = _pause_cut(samples)
-        if cut is None:
-            yield WindowSpan(start, max_samples, ends_in_speech=True)
-            start += max_samples
-        else:
-            yield WindowSpan(start, cut, ends_in_speech=False)
-            start += cut
+            cut = _pause_cut(np.fromfile(f, dtype="<i2", count=max_samples))
+            yield WindowSpan(start, cut or max_samples, ends_in_speech=cut is None)
+            start += cut or max_samples
 
 
 # Without VAD a window still ends in a pause where its last PAUSE_SEARCH_S
