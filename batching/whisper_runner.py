@@ -571,7 +571,7 @@ class WhisperRunner:
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=self._suppress_for(windows[0], languages[0][0], frames),
+            suppress_tokens=self._suppress_for(frames),
             max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
             **kwargs,
         )
@@ -623,7 +623,7 @@ class WhisperRunner:
                 self.encoder_cache.put(self.window_key(windows[j]), host[j])
         return out
 
-    def _suppress_for(self, window: WindowRequest, language: str, frames: int) -> list[int]:
+    def _suppress_for(self, frames: int) -> list[int]:
         """Tokens ``generate`` must not produce: Whisper's set, and for a trimmed
         encoder input the timestamps past its end. Without those, tiny.en given
         a 10-s clip cut mid-word in a 15-s input wrote timestamps past the input
@@ -633,7 +633,7 @@ class WhisperRunner:
             return self._suppress
         cached = self._suppress_trimmed.get(frames)
         if cached is None:
-            begin = self._tokenizer(language, window.options.task).timestamp_begin
+            begin = self._tokenizer("en", "transcribe").timestamp_begin  # the same in every language and task
             last = N_FRAMES // 2  # timestamps run 0.00-30.00 s in 20-ms steps
             cached = self._suppress + [begin + i for i in range(frames // 2 + 1, last + 1)]
             self._suppress_trimmed[frames] = cached
