@@ -307,14 +307,17 @@ class MicroBatcher(Generic[T, P, R]):
         """
         return await wait_set(self._model_idle, timeout)
 
-    async def submit(self, item: T) -> R:
+    async def submit(self, item: T, *, first: bool = False) -> R:
         """Wait for the item's result. An exception from ``prepare`` or ``run``
-        (or an exception element of ``run``'s answer) is raised here."""
+        (or an exception element of ``run``'s answer) is raised here.
+
+        ``first`` puts the item ahead of its job's other queued items (not of
+        other jobs': fairness between jobs and owners is unchanged)."""
         if self._closed or not self._started or self._loop is None:
             raise BatcherClosed(f"the {self._name} batcher is not running")
         future: asyncio.Future[Any] = self._loop.create_future()
         entry = _Entry(item, self._owner_of(item), self._job_of(item), future, self._clock.now())
-        self._queue.push(entry)
+        self._queue.push(entry, first=first)
         self._arrivals[entry] = None
         self._live.add(entry)
         self._wakeup.set()

@@ -3,7 +3,7 @@
 One person uploading ten long files must not push another person's single
 short file behind all of them, so the queue serves owners in turn (one item
 each per round), and inside one owner serves that owner's jobs in turn; items
-of one job leave in the order they came. An owner or job that runs empty leaves
+of one job leave in the order they came, except that a retry may go to the front of its job. An owner or job that runs empty leaves
 the rotation and joins at the back when it has work again.
 
 Every operation is O(1) except :meth:`remove` (O(items of that job)) and
@@ -38,7 +38,9 @@ class FairQueue(Generic[T]):
         """Whether the job has items waiting here."""
         return job_id in self._job_owner
 
-    def push(self, item: T) -> None:
+    def push(self, item: T, *, first: bool = False) -> None:
+        """Queue an item at the back of its job's line, or at the front with ``first``
+        (a retry of an item that was already served: it is older than the rest)."""
         owner, job = self._owner_of(item), self._job_of(item)
         known = self._job_owner.get(job)
         if known is not None and known != owner:
@@ -52,7 +54,10 @@ class FairQueue(Generic[T]):
         if items is None:
             items = jobs[job] = deque()
             self._job_owner[job] = owner
-        items.append(item)
+        if first:
+            items.appendleft(item)
+        else:
+            items.append(item)
         self._owner_len[owner] += 1
         self._len += 1
 

@@ -122,7 +122,10 @@ class WhisperEngine:
         attempts: list[Attempt] = []
         current = window
         while True:
-            out = await self._batcher.submit(current)
+            # A retry goes ahead of its job's later windows: the job announces its
+            # windows in media order, so a retry at the back of a long job's queue
+            # would hold back every segment after it until the job's last window.
+            out = await self._batcher.submit(current, first=bool(attempts))
             if isinstance(out, WindowResult):
                 return out
             if not isinstance(out, Fallback):  # a contract break, not a user error

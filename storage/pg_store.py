@@ -125,6 +125,13 @@ def _fence(claim: Claim | None, start: int, *, lease: bool = False) -> tuple[str
     return sql, [claim.epoch, claim.node]
 
 
+def _missed(claim: Claim | None, job_id: str) -> Exception:
+    """Why a write about a job changed no row: for its claimed owner the claim no longer holds
+    (taken over, finished or deleted by another node: Fenced, so the job is dropped quietly);
+    for anyone else the job does not exist."""
+    return Fenced(job_id) if claim is not None else KeyError(job_id)
+
+
 class PgJobStore:
     """storage.seams.JobRepository on PostgreSQL, plus the cluster's claims and leases."""
 
@@ -244,9 +251,7 @@ class PgJobStore:
             f"UPDATE jobs SET {sets} WHERE id = ${n + 2}{fence} RETURNING {_JOB_COLS}", *values, self._clock(), job_id, *fargs
         )
         if not rows:
-            if claim is not None and await self.get_job(job_id) is not None:
-                raise Fenced(job_id)
-            raise KeyError(job_id)
+            raise _missed(claim, job_id)
         return _job(rows[0])
 
     async def get_job(self, job_id: str, owner: str | None = None) -> JobRecord | None:
@@ -323,9 +328,7 @@ class PgJobStore:
                 job_id, type_, _dumps(data), now, *fargs,
             )  # fmt: skip
             if not rows:
-                if claim is not None and await self.get_job(job_id) is not None:
-                    raise Fenced(job_id)
-                raise KeyError(job_id)
+                raise _missed(claim, job_id)
             out.append(EventRecord(job_id, int(rows[0][0]), type_, data, now))
         return out
 
@@ -352,9 +355,7 @@ class PgJobStore:
             job_id, index, _dumps(result), *fargs,
         )  # fmt: skip
         if not rows:
-            if claim is not None and await self.get_job(job_id) is not None:
-                raise Fenced(job_id)
-            raise KeyError(job_id)
+            raise _missed(claim, job_id)
 
     async def load_windows(self, job_id: str) -> dict[int, dict[str, Any]]:
         rows = await self._fetch("SELECT idx, result FROM windows WHERE job_id = $1 ORDER BY idx", job_id)

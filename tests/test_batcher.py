@@ -229,6 +229,22 @@ async def test_jobs_of_one_owner_alternate(make: Factory) -> None:
     assert [str(i) for i in model.batches[1]] == ["a1#2", "a2#2"]
 
 
+async def test_a_retry_goes_ahead_of_its_job_s_later_items(make: Factory) -> None:
+    clock = FakeClock()
+    batcher, model = await make(clock=clock, max_batch_size=1, max_wait_s=1.0)
+    model.gate.clear()
+    tasks = submit_all(batcher, items("A", "a1", 4))
+    assert [str(i) for i in await next_batch(model.entered)] == ["a1#0"]
+    await asyncio.sleep(0)  # a1#1 staged meanwhile; a1#2 and a1#3 still queued
+    retry = asyncio.create_task(batcher.submit(W("A", "a1", 0), first=True))
+    await asyncio.sleep(0)
+    model.gate.set()
+    clock.advance_to(1.0)
+    await results([*tasks, retry])
+    # the staged batch goes as it was; the retry is next, before a1#2 and a1#3
+    assert [str(b[0]) for b in model.batches] == ["a1#0", "a1#1", "a1#0", "a1#2", "a1#3"]
+
+
 async def test_queue_position(make: Factory) -> None:
     clock = FakeClock()
     batcher, model = await make(clock=clock, with_prepare=True, max_batch_size=2, max_wait_s=1.0)

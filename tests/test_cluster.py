@@ -69,6 +69,11 @@ class Cluster:
             "ALTYAZI_CLUSTER_LEASE_S": str(LEASE_S),
             "ALTYAZI_CLUSTER_POLL_S": str(POLL_S),
             "ALTYAZI_MODEL_CPU_THREADS": "1",
+            # one window per model call: a job's segments then arrive window by window, so a
+            # test that acts after the first one (kill, pause, cancel) finds the job still
+            # running however fast the machine is; a batch of all its windows would finish them
+            # together, with nothing left to interrupt
+            "ALTYAZI_BATCHING_MAX_BATCH_SIZE": "1",
             "ALTYAZI_SERVER_SHUTDOWN_TIMEOUT_S": "2",
         }
 
@@ -114,11 +119,9 @@ def cluster(postgres: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFact
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("clips")
     out = {f"short{i}": speak(text, d / f"short{i}.wav") for i, text in enumerate(SENTENCES)}
-    # long enough for several windows, so a job can be caught mid-way
-    out["long"] = make_long_speech(d / "long.wav", 36, SENTENCES, pause_s=0.8)
-    # for the cancel test: long enough that it is still running when the cancel lands
-    # (10 min: 150 s was done within 7 s of its first segment once CPU batches were split across replicas)
-    out["longer"] = make_long_speech(d / "longer.wav", 600, SENTENCES, pause_s=0.8)
+    # several windows (about five), decoded one per model call (see Cluster.env), so a job is
+    # caught mid-way with seconds of work left after its first segment
+    out["long"] = make_long_speech(d / "long.wav", 150, SENTENCES, pause_s=0.8)
     return out
 
 
@@ -224,10 +227,10 @@ def test_twenty_jobs_over_two_nodes_match_a_single_box(cluster: Cluster, clips: 
 
 
 def _running_long_job(
-    cluster: Cluster, clips: dict[str, Path], via: ServerProcess, clip: str = "long"
+    cluster: Cluster, clips: dict[str, Path], via: ServerProcess
 ) -> tuple[str, str, Follower]:
     """A long job that has announced its first window: (id, owner node, a follower on another node)."""
-    resp = submit(via, clips[clip])
+    resp = submit(via, clips["long"])
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
     owner, _ = cluster.owner_of(job_id)
@@ -286,7 +289,7 @@ def test_a_node_paused_past_its_lease_is_fenced_and_drops_the_job(cluster: Clust
 
 def test_cancel_on_one_node_stops_the_work_on_its_owner(cluster: Cluster, clips: dict[str, Path]) -> None:
     cluster.node("a"), cluster.node("b")
-    job_id, owner, follower = _running_long_job(cluster, clips, cluster.node("b"), clip="longer")
+    job_id, owner, follower = _running_long_job(cluster, clips, cluster.node("b"))
     other = follower.node
     t0 = time.monotonic()
     with other.client() as client:

@@ -47,6 +47,18 @@ def test_jobs_of_one_owner_alternate_fifo_within_a_job() -> None:
     assert q.pop_batch(3) == []
 
 
+def test_first_goes_ahead_of_its_own_job_only() -> None:
+    q = make_queue()
+    for n in range(3):
+        q.push(Item("A", "a1", n))
+    q.push(Item("B", "b1", 0))
+    assert names(q.pop_batch(1)) == ["a1#0"]
+    # a1#0 comes back (a retry): ahead of a1#1 and a1#2, but B's turn is B's
+    q.push(Item("A", "a1", 0), first=True)
+    assert q.position("a1") == 1
+    assert names(q.pop_batch(4)) == ["b1#0", "a1#0", "a1#1", "a1#2"]
+
+
 def test_owner_that_ran_empty_rejoins_at_the_back() -> None:
     q = make_queue()
     q.push(Item("A", "a1", 0))
