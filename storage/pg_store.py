@@ -104,6 +104,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,
+    # A connection lost between a query and the pool's reset of it ("cannot
+    # switch to state ...; another operation is in progress"): seen when the
+    # database restarts under load. A job that took it for a bug of its own
+    # tried to record itself failed.
+    asyncpg.InternalClientError,
 )
 
 

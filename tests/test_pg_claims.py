@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from storage.claims import CURRENT, Claim, Fenced
+from storage.claims import CURRENT, Claim, Fenced, StoreUnavailable
 from storage.pg_store import LISTENER_NAME, PgJobStore, PgListener
 from storage.states import Stage, Status
 from storage.store import JobRecord
@@ -93,6 +93,36 @@ async def test_a_cancel_from_anywhere_ends_the_claim(store: PgJobStore) -> None:
             await store.update_job("j", status=Status.DONE)
     finally:
         CURRENT.reset(token)
+
+
+async def test_a_delete_from_another_node_fences_every_write_of_the_owner(store: PgJobStore) -> None:
+    await store.create_job(job("j"))
+    [(_, claim)] = await store.claim("n1", 10, 1)
+    await store.delete_job("j")  # DELETE on another node: the row is gone
+    token = CURRENT.set(claim)
+    try:
+        with pytest.raises(Fenced):
+            await store.update_job("j", stage=Stage.TRANSCRIBING)
+        with pytest.raises(Fenced):
+            await store.append_event("j", "progress", {"progress": 0.5})
+        with pytest.raises(Fenced):
+            await store.save_window("j", 0, {"segments": []})
+    finally:
+        CURRENT.reset(token)
+    with pytest.raises(KeyError):  # without a claim it is simply unknown
+        await store.update_job("j", stage=Stage.TRANSCRIBING)
+
+
+async def test_a_connection_broken_mid_operation_is_store_unavailable(store: PgJobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # asyncpg reports a connection lost between a query and the pool's reset of
+    # it as InternalClientError ("cannot switch to state 15; another operation is
+    # in progress"): the database went away, not a bug of the job.
+    async def broken(*args: Any, **kw: Any) -> None:
+        raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", broken)
+    with pytest.raises(StoreUnavailable):
+        await store.get_job("j")
 
 
 async def test_released_and_expired_jobs_are_claimable_at_once(store: PgJobStore) -> None:
