@@ -31,6 +31,7 @@ from app.api.media_tokens import MediaTokens
 from app.api.auth import AuthMiddleware, KeyStore, keys_path
 from app.api.authlimit import AuthFailureLimiter
 from app.api.connlimits import BodyRateMiddleware
+from app.api.uploads import IngestGate
 from app.config import Config
 from app.api.errors import ApiError, UnhandledErrors, api_error_handler, http_error_handler, unhandled_error_handler
 from app.media.probe import MediaError
@@ -114,6 +115,7 @@ def create_app(cfg: Config, *, engine_factory: EngineFactory) -> Starlette:
         state = AppState(
             cfg=cfg, store=store, files=files, pool=pool, engine=engine, hub=hub,
             manager=manager, exports=exports, multilingual=multilingual, model_name=model_name, keys=keys,
+            ingest=IngestGate(max_streams=cfg.server.max_upload_streams),
         )
         manager.owner_cap = state.active_cap
         state.media_tokens = MediaTokens.load(data_dir / "media-token.key")

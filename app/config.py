@@ -39,6 +39,9 @@ class ServerConfig:
     timeout_headers_s: float = 10.0
     timeout_body_s: float = 30.0
     min_upload_rate_bytes_s: float = 1024.0
+    # Uploads over 8 MB that take body chunks at once; the rest wait their turn
+    # (app/api/uploads.py IngestGate). 0 = no bound.
+    max_upload_streams: int = 8
 
 
 @dataclass
@@ -226,6 +229,7 @@ class Config:
         _check(s.timeout_headers_s > 0, "server.timeout_headers_s", s.timeout_headers_s, "> 0")
         _check(s.timeout_body_s > 0, "server.timeout_body_s", s.timeout_body_s, "> 0")
         _check(s.min_upload_rate_bytes_s >= 0, "server.min_upload_rate_bytes_s", s.min_upload_rate_bytes_s, ">= 0")
+        _check(0 <= s.max_upload_streams <= 100_000, "server.max_upload_streams", s.max_upload_streams, "from 1 to 100000, or 0 for no bound")
         _check(bool(m.name.strip()), "model.name", m.name, "a model name or folder")
         _check(m.device in {"auto", "cpu", "cuda"}, "model.device", m.device, "auto, cpu or cuda")
         _check(m.cpu_threads >= 0, "model.cpu_threads", m.cpu_threads, ">= 0")

@@ -189,7 +189,8 @@ def test_concurrency_limit_answers_503(make_server: Callable[..., LiveServer]) -
 @pytest.mark.parametrize(
     ("key", "value"),
     [("server.limit_concurrency", -1), ("server.h11_max_incomplete_event_size", 10), ("server.timeout_headers_s", 0),
-     ("server.timeout_body_s", 0), ("server.min_upload_rate_bytes_s", -1), ("server.timeout_keep_alive_s", 0)],
+     ("server.timeout_body_s", 0), ("server.min_upload_rate_bytes_s", -1), ("server.timeout_keep_alive_s", 0),
+     ("server.max_upload_streams", -1)],
 )  # fmt: skip
 def test_bad_limits_are_refused_at_start(key: str, value: float) -> None:
     from app.config import ConfigError, load_config

@@ -15,6 +15,7 @@ import asyncio
 import errno
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,9 @@ class _Sink:
         self._chunks: list[bytes | memoryview] = []
         self._pending = 0
         self._fh = open(path, "wb", buffering=0)
+        # At most one write in flight while the next chunks come in: the upload
+        # keeps streaming during a write instead of stopping for each one.
+        self._writing: asyncio.Future[None] | None = None
 
     def add(self, data: bytes | memoryview) -> None:
         n = len(data)
@@ -81,9 +85,16 @@ class _Sink:
         return self._pending >= FLUSH_BYTES
 
     async def flush(self) -> None:
+        await self._written()
         if self._chunks:
             chunks, self._chunks, self._pending = self._chunks, [], 0
-            await anyio.to_thread.run_sync(self._write, chunks)
+            self._writing = asyncio.ensure_future(anyio.to_thread.run_sync(self._write, chunks))
+
+    async def _written(self) -> None:
+        """Wait for the write in flight; its error (a full disk) is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     def _write(self, chunks: list[bytes | memoryview]) -> None:
         fd = self._fh.fileno()
@@ -108,6 +119,7 @@ class _Sink:
     async def close(self) -> None:
         # The last write and the fsync in one thread hop: a small upload is
         # often one write, and under a crowd every hop waits for a free thread.
+        await self._written()
         chunks, self._chunks, self._pending = self._chunks, [], 0
         await anyio.to_thread.run_sync(self._close_sync, chunks)
 
@@ -121,35 +133,72 @@ class _Sink:
         except OSError as exc:
             raise _disk_error(exc) from None
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
+        # The file is closed only once no thread writes to it any more (a closed
+        # descriptor's number may already name another file).
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # the upload failed anyway; its write's error is moot
         if not self._fh.closed:
             self._fh.close()
         self.path.unlink(missing_ok=True)
 
 
 class IngestGate:
-    """Small bodies first: while an upload of at most ``small_bytes`` streams in,
-    larger ones stop taking chunks for a moment.
+    """Small bodies first, and a bounded number of bodies streaming at a time.
 
     Every connection gets its turn of the event loop, so with 100 uploads at
     once a 2-MB file's bytes came in interleaved with 2 GB of others' and its
-    202 took seconds. A large upload that is not read is not lost: uvicorn
-    stops reading its socket, and the kernel's buffers and TCP hold the client
-    back. A large upload waits at most ``max_pause_s`` at a time and then
-    streams for at least ``min_run_s`` before it may wait again, so a steady
-    stream of small uploads slows it but never stalls it.
+    202 took seconds; and every loop turn read every streaming socket, so the
+    loop took hundreds of ms per turn and everything else waited that long.
+    An upload that is not read is not lost: uvicorn stops reading its socket,
+    and the kernel's buffers and TCP hold the client back.
 
-    A body is small by its Content-Length; a chunked one is small until it
-    passes ``small_bytes``.
+    - **Small first.** While an upload of at most ``small_bytes`` streams in,
+      larger ones stop taking chunks. A large upload waits at most
+      ``max_pause_s`` at a time and then streams for at least ``min_run_s``
+      before it may wait again, so a steady stream of small uploads slows it
+      but never stalls it. A body is small by its Content-Length; a chunked one
+      is small until it passes ``small_bytes``.
+    - **In turns.** At most ``max_streams`` uploads take chunks at once (0: no
+      bound); the others wait in line, small ones ahead of large ones. A turn
+      lasts ``slice_s`` when others wait, then the upload goes to the back of
+      the line; a large upload giving way to small ones gives up its turn. A
+      client that sends nothing for ``idle_s`` loses its turn to the next in
+      line (it gets back in line at its next chunk), so slow clients cannot
+      hold every turn. The CPU takes bodies in at the same rate either
+      way; the loop's turns stay short.
     """
 
-    def __init__(self, small_bytes: int = 8 << 20, max_pause_s: float = 1.0, min_run_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        small_bytes: int = 8 << 20,
+        max_pause_s: float = 1.0,
+        min_run_s: float = 1.0,
+        *,
+        max_streams: int = 0,
+        slice_s: float = 1.0,
+        idle_s: float = 0.25,
+    ) -> None:
         self.small_bytes = small_bytes
         self.max_pause_s = max_pause_s
         self.min_run_s = min_run_s
+        self.max_streams = max_streams
+        self.slice_s = slice_s
+        self.idle_s = idle_s
         self.small = 0  # small uploads streaming now
-        self.paused = 0  # large uploads waiting now
+        self.paused = 0  # large uploads waiting for small ones now
         self._clear: asyncio.Event | None = None
+        self.streaming: set[IngestLane] = set()  # uploads holding a turn
+        # waiting for a turn: small uploads are served before large ones
+        self._lines: tuple[deque[tuple[IngestLane, asyncio.Future[None]]], ...] = (deque(), deque())
+
+    @property
+    def waiting(self) -> int:
+        """Uploads waiting in line for a turn."""
+        return sum(1 for line in self._lines for _, fut in line if not fut.done())
 
     def enter_small(self) -> None:
         self.small += 1
@@ -165,14 +214,16 @@ class IngestGate:
         if self.small == 0 and self._clear is not None:
             self._clear.set()
 
-    async def give_way(self, last_pause_end: float) -> float:
-        """Wait while small uploads stream (bounded); answer when this upload last
-        stopped waiting. Cheap when there is nothing to wait for."""
+    async def give_way(self, lane: IngestLane) -> float:
+        """Wait while small uploads stream (bounded), without holding a turn; answer
+        when this upload last stopped waiting. Cheap when there is nothing to wait for."""
+        last_pause_end = lane.last_pause_end
         if not self.small:
             return last_pause_end
         now = time.monotonic()
         if now - last_pause_end < self.min_run_s:
             return last_pause_end
+        self.end_turn(lane)
         if self._clear is None:
             self._clear = asyncio.Event()
         self._clear.clear()
@@ -184,6 +235,60 @@ class IngestGate:
             self.paused -= 1
         return time.monotonic()
 
+    async def stream_turn(self, lane: IngestLane) -> None:
+        """Before an upload's chunk: hold a turn, or wait in line for one."""
+        if not self.max_streams:
+            return
+        now = time.monotonic()
+        queued = self._lines[0] or self._lines[1]
+        if lane in self.streaming:
+            lane.last_chunk = now
+            if not queued or now - lane.turn_since < self.slice_s:
+                return
+            self.end_turn(lane)  # its turn is up and others wait: to the back of the line
+        elif len(self.streaming) < self.max_streams and not queued:
+            self._start(lane, now)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lines[0 if lane.small else 1].append((lane, fut))
+        self._fill()  # a turn may be free (the line held only requests that ended)
+        try:
+            while not fut.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), self.idle_s)
+                except TimeoutError:
+                    self._evict_idle()
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.end_turn(lane)  # granted as it was cancelled: pass the turn on
+            fut.cancel()
+            raise
+
+    def end_turn(self, lane: IngestLane) -> None:
+        """The upload stops streaming (its body is in, it failed, or its turn is up)."""
+        if lane in self.streaming:
+            self.streaming.discard(lane)
+            self._fill()
+
+    def _start(self, lane: IngestLane, now: float) -> None:
+        self.streaming.add(lane)
+        lane.turn_since = lane.last_chunk = now
+
+    def _fill(self) -> None:
+        now = time.monotonic()
+        while len(self.streaming) < self.max_streams and (self._lines[0] or self._lines[1]):
+            lane, fut = (self._lines[0] or self._lines[1]).popleft()
+            if fut.done():  # it gave up waiting (the request ended)
+                continue
+            self._start(lane, now)
+            fut.set_result(None)
+
+    def _evict_idle(self) -> None:
+        now = time.monotonic()
+        for lane in [x for x in self.streaming if now - x.last_chunk >= self.idle_s]:
+            self.streaming.discard(lane)  # it gets back in line at its next chunk
+        self._fill()
+
 
 class IngestLane:
     """One upload's place at the :class:`IngestGate`, from its first byte until
@@ -194,6 +299,8 @@ class IngestLane:
         self.gate = gate
         self.small = gate is not None and (declared is None or declared <= gate.small_bytes)
         self.last_pause_end = 0.0
+        self.turn_since = 0.0  # when its current turn at the gate began
+        self.last_chunk = 0.0
         if gate is not None and self.small:
             gate.enter_small()
 
@@ -204,15 +311,25 @@ class IngestLane:
             return
         if self.small:
             if received > gate.small_bytes:  # a chunked body that turned out large
-                self.close()
-            return
-        if gate.small:
-            self.last_pause_end = await gate.give_way(self.last_pause_end)
+                self.leave_small()
+        elif gate.small:
+            self.last_pause_end = await gate.give_way(self)
+        await gate.stream_turn(self)
 
-    def close(self) -> None:
+    def body_done(self) -> None:
+        """The body is in: its turn goes to the next upload in line."""
+        if self.gate is not None:
+            self.gate.end_turn(self)
+
+    def leave_small(self) -> None:
         if self.gate is not None and self.small:
             self.small = False
             self.gate.leave_small()
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.end_turn(self)
+            self.leave_small()
 
 
 class _TooLarge(Exception):
@@ -282,18 +399,19 @@ async def receive_upload(
                     await sink.flush()
                     if on_progress:
                         on_progress(sink.size)
+        lane.body_done()
         await sink.close()
     except _TooLarge:
-        sink.discard()
+        await sink.discard()
         raise too_large(max_bytes) from None
     except _LowDisk:
-        sink.discard()
+        await sink.discard()
         raise insufficient_storage() from None
     except ClientDisconnect:
-        sink.discard()
+        await sink.discard()
         raise ApiError(400, "upload_incomplete", "The upload was cut off before the body was complete; send it again.") from None
     except BaseException:
-        sink.discard()
+        await sink.discard()
         raise
     return ReceivedUpload(filename=filename, path=dest, size=sink.size, fields=fields)
 
