@@ -113,7 +113,7 @@ async def test_at_most_max_streams_take_chunks_and_turns_rotate() -> None:
 
 
 async def test_small_uploads_are_served_before_large_ones_in_line() -> None:
-    gate = IngestGate(small_bytes=8 * MB, max_pause_s=0.01, min_run_s=10.0, max_streams=1, slice_s=0.05, idle_s=1.0)
+    gate = IngestGate(small_bytes=8 * MB, max_pause_s=0.5, min_run_s=10.0, max_streams=1, slice_s=0.05, idle_s=1.0)
     log: list[str] = []
     holder = asyncio.create_task(_take(gate, str(100 * MB), 10, log, "H"))
     await asyncio.sleep(0.02)  # H holds the only turn
@@ -204,3 +204,24 @@ async def test_a_free_turn_is_taken_at_once_even_behind_requests_that_ended() ->
     await asyncio.wait_for(holder.turn(64 * 1024), 0.1)
     assert gate.streaming == {holder}
     holder.close(), gone.close()
+
+
+async def test_a_steady_stream_of_small_uploads_does_not_stall_a_large_one() -> None:
+    gate = IngestGate(small_bytes=8 * MB, max_pause_s=0.1, min_run_s=0.0, max_streams=1, slice_s=0.02, idle_s=1.0)
+    log: list[str] = []
+    stop = asyncio.Event()
+
+    async def smalls() -> None:
+        n = 0
+        while not stop.is_set():  # one small upload always streaming or in line
+            await _take(gate, str(MB), 3, log, f"s{n}")
+            n += 1
+
+    feeders = [asyncio.create_task(smalls()) for _ in range(2)]
+    await asyncio.sleep(0.02)
+    t0 = time.monotonic()
+    await asyncio.wait_for(_take(gate, str(100 * MB), 3, log, "L"), 2.0)
+    waited = time.monotonic() - t0
+    stop.set()
+    await asyncio.gather(*feeders)
+    assert waited < 1.0 and log.count("L") == 3

@@ -163,13 +163,13 @@ class IngestGate:
       but never stalls it. A body is small by its Content-Length; a chunked one
       is small until it passes ``small_bytes``.
     - **In turns.** At most ``max_streams`` uploads take chunks at once (0: no
-      bound); the others wait in line, small ones ahead of large ones. A turn
-      lasts ``slice_s`` when others wait, then the upload goes to the back of
-      the line; a large upload giving way to small ones gives up its turn. A
-      client that sends nothing for ``idle_s`` loses its turn to the next in
-      line (it gets back in line at its next chunk), so slow clients cannot
-      hold every turn. The CPU takes bodies in at the same rate either
-      way; the loop's turns stay short.
+      bound); the others wait in line, small ones ahead of large ones unless a
+      large one has waited ``max_pause_s``. A turn lasts ``slice_s`` when
+      others wait, then the upload goes to the back of the line; a large
+      upload giving way to small ones gives up its turn. A client that sends
+      nothing for ``idle_s`` loses its turn to the next in line (it gets back
+      in line at its next chunk), so slow clients cannot hold every turn. The
+      loop's turns stay short.
     """
 
     def __init__(
@@ -193,12 +193,13 @@ class IngestGate:
         self._clear: asyncio.Event | None = None
         self.streaming: set[IngestLane] = set()  # uploads holding a turn
         # waiting for a turn: small uploads are served before large ones
-        self._lines: tuple[deque[tuple[IngestLane, asyncio.Future[None]]], ...] = (deque(), deque())
+        # (lane, its grant, when it got in line)
+        self._lines: tuple[deque[tuple[IngestLane, asyncio.Future[None], float]], ...] = (deque(), deque())
 
     @property
     def waiting(self) -> int:
         """Uploads waiting in line for a turn."""
-        return sum(1 for line in self._lines for _, fut in line if not fut.done())
+        return sum(1 for line in self._lines for _, fut, _ in line if not fut.done())
 
     def enter_small(self) -> None:
         self.small += 1
@@ -250,7 +251,7 @@ class IngestGate:
             self._start(lane, now)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lines[0 if lane.small else 1].append((lane, fut))
+        self._lines[0 if lane.small else 1].append((lane, fut, now))
         self._fill()  # a turn may be free (the line held only requests that ended)
         try:
             while not fut.done():
@@ -276,8 +277,12 @@ class IngestGate:
 
     def _fill(self) -> None:
         now = time.monotonic()
-        while len(self.streaming) < self.max_streams and (self._lines[0] or self._lines[1]):
-            lane, fut = (self._lines[0] or self._lines[1]).popleft()
+        small, large = self._lines
+        while len(self.streaming) < self.max_streams and (small or large):
+            # Small ones first, but a large one that has waited max_pause_s goes
+            # next: a steady stream of small uploads must not stall it.
+            overdue = large and now - large[0][2] >= self.max_pause_s
+            lane, fut, _ = (large if overdue or not small else small).popleft()
             if fut.done():  # it gave up waiting (the request ended)
                 continue
             self._start(lane, now)
