@@ -39,8 +39,8 @@ class ServerConfig:
     timeout_headers_s: float = 10.0
     timeout_body_s: float = 30.0
     min_upload_rate_bytes_s: float = 1024.0
-    # Uploads over 8 MB that take body chunks at once; the rest wait their turn
-    # (app/api/uploads.py IngestGate). 0 = no bound.
+    # Upload bodies that take chunks at once, small ones first; the rest wait
+    # their turn (app/api/uploads.py IngestGate). 0 = no bound.
     max_upload_streams: int = 8
 
 

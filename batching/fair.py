@@ -3,8 +3,9 @@
 One person uploading ten long files must not push another person's single
 short file behind all of them, so the queue serves owners in turn (one item
 each per round), and inside one owner serves that owner's jobs in turn; items
-of one job leave in the order they came, except that a retry may go to the front of its job. An owner or job that runs empty leaves
-the rotation and joins at the back when it has work again.
+of one job leave in the order they came, except that a retry may go to the
+front of its job. An owner or job that runs empty leaves the rotation and
+joins at the back when it has work again.
 
 Every operation is O(1) except :meth:`remove` (O(items of that job)) and
 :meth:`position` (O(owners + jobs of that owner)).

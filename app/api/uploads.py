@@ -195,6 +195,7 @@ class IngestGate:
         # waiting for a turn: small uploads are served before large ones
         # (lane, its grant, when it got in line)
         self._lines: tuple[deque[tuple[IngestLane, asyncio.Future[None], float]], ...] = (deque(), deque())
+        self._idle_check: asyncio.TimerHandle | None = None  # one timer for the whole line
 
     @property
     def waiting(self) -> int:
@@ -253,12 +254,10 @@ class IngestGate:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lines[0 if lane.small else 1].append((lane, fut, now))
         self._fill()  # a turn may be free (the line held only requests that ended)
+        if self._idle_check is None:
+            self._idle_check = asyncio.get_running_loop().call_later(self.idle_s, self._evict_idle)
         try:
-            while not fut.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), self.idle_s)
-                except TimeoutError:
-                    self._evict_idle()
+            await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.end_turn(lane)  # granted as it was cancelled: pass the turn on
@@ -289,10 +288,14 @@ class IngestGate:
             fut.set_result(None)
 
     def _evict_idle(self) -> None:
+        """Every ``idle_s`` while anyone waits in line: idle turns go to the next in line."""
+        self._idle_check = None
         now = time.monotonic()
         for lane in [x for x in self.streaming if now - x.last_chunk >= self.idle_s]:
             self.streaming.discard(lane)  # it gets back in line at its next chunk
         self._fill()
+        if self.waiting:
+            self._idle_check = asyncio.get_running_loop().call_later(self.idle_s, self._evict_idle)
 
 
 class IngestLane:
